@@ -1,0 +1,6 @@
+"""dicom_or_ros: the thin ROS 2 layer shared by dicom_or nodes.
+
+:mod:`.convert` (messages <-> core context), :mod:`.qos` (named profiles as rclpy QoS),
+:mod:`.params` (typed parameters), :mod:`.runtime` (process set-up and ``run_node``),
+:mod:`.testing` (per-test DDS domains).
+"""

@@ -1,0 +1,57 @@
+"""Typed, described, validated parameters (teleop_tools style).
+
+Every node declares its parameters through :func:`declare`, which attaches a type and a
+description (so ``ros2 param describe`` documents the node) and turns a wrong type or a
+failed check into :class:`DicomOrError` naming the parameter: ``run_node`` prints it and the
+process exits 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    ParameterUninitializedException,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from dicom_or_core.errors import DicomOrError
+
+Check = Callable[[Any], bool]
+
+_TYPES = {
+    bool: Parameter.Type.BOOL,
+    int: Parameter.Type.INTEGER,
+    float: Parameter.Type.DOUBLE,
+    str: Parameter.Type.STRING,
+}
+
+
+def declare(node: Node, name: str, default: Any, description: str, *,
+            check: Check | None = None, rule: str = "", read_only: bool = True,
+            param_type: Parameter.Type | None = None) -> Any:
+    """Declare ``name`` with ``default``'s type and return its validated value.
+
+    ``check(value)`` returning False raises DicomOrError(name, rule). Lists need
+    ``param_type`` (e.g. ``Parameter.Type.STRING_ARRAY``) since an empty default has no type.
+    """
+    ptype = param_type or _TYPES[type(default)]
+    descriptor = ParameterDescriptor(description=description, type=int(ptype),
+                                     read_only=read_only)
+    try:
+        value = node.declare_parameter(name, default if default is not None else ptype,
+                                       descriptor).value
+    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        raise DicomOrError(name, f"must be of type {ptype.name.lower()}: {exc}") from None
+    except ParameterUninitializedException:
+        raise DicomOrError(name, "is required") from None
+    if ptype == Parameter.Type.DOUBLE and isinstance(value, int):
+        value = float(value)
+    if check is not None and not check(value):
+        raise DicomOrError(name, rule or "invalid value", value)
+    return value
