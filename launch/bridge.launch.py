@@ -1,0 +1,11 @@
+"""ros2 launch dicom_or_bringup bridge.launch.py [name:=value ...]
+
+Starts the nodes of bridge.graph.yaml (list its arguments with --show-args). Without a
+ROS 2 distro the same graph runs with: dicom_or_launch bridge [name:=value ...]
+"""
+
+from dicom_or_bringup.launch_support import graph_launch_description
+
+
+def generate_launch_description():
+    return graph_launch_description("bridge")

@@ -1,0 +1,11 @@
+"""ros2 launch dicom_or_bringup endoscope.launch.py [name:=value ...]
+
+Starts the nodes of endoscope.graph.yaml (list its arguments with --show-args). Without a
+ROS 2 distro the same graph runs with: dicom_or_launch endoscope [name:=value ...]
+"""
+
+from dicom_or_bringup.launch_support import graph_launch_description
+
+
+def generate_launch_description():
+    return graph_launch_description("endoscope")

@@ -1,0 +1,149 @@
+"""dicom_or_demo: the OR demo in one command (what ``make demo`` runs).
+
+1. A Modality Worklist SCP (dcmtk ``wlmscpfs``) serving the demo case from
+   ``config/worklist/`` when dcmtk is installed; otherwise the session context comes from
+   ``config/session_context.yaml``.
+2. The ``or_demo`` graph (:mod:`dicom_or_bringup.graph`): endoscope, tracker, patient
+   monitor, session context, DICOM bridge on 127.0.0.1:11112 (AE ``DICOM_OR``), recorder
+   writing to ``./recordings``.
+3. A live status table until Ctrl-C or ``--duration``.
+4. At the end: the bridge's C-FIND answer for the session (the streams as DICOM sees them),
+   then, after an orderly stop, every recorded object with its dciodvfy verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from dicom_or_bringup import graph
+from dicom_or_bringup.launcher import ProcessGroup, wait
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.paths import config_dir
+from dicom_or_core.peers import dciodvfy, free_tcp_port, have, run_tool
+
+WORKLIST_AE = "OR_DEMO_WL"
+
+
+def start_worklist(workdir: Path) -> tuple[subprocess.Popen, int] | None:
+    """wlmscpfs serving the demo worklist items (text dumps -> .wl files with dump2dcm)."""
+    dumps = sorted((config_dir() / "worklist").glob("*.dump"))
+    if not dumps or not (have("wlmscpfs") and have("dump2dcm")):
+        return None
+    folder = workdir / WORKLIST_AE
+    folder.mkdir(parents=True)
+    (folder / "lockfile").touch()  # wlmscpfs only serves a folder that has one
+    for dump in dumps:
+        result = run_tool(["dump2dcm", "+te", str(dump), str(folder / f"{dump.stem}.wl")])
+        if result.returncode != 0:
+            print(f"demo: dump2dcm {dump.name} failed: {result.stderr.strip()}",
+                  file=sys.stderr)
+            return None
+    port = free_tcp_port()
+    proc = subprocess.Popen(["wlmscpfs", "-dfp", str(workdir), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def status_thread(env: dict[str, str], stop: threading.Event) -> threading.Thread:
+    """Run or_status as a child so its DDS participant lives in the demo's domain."""
+
+    def run() -> None:
+        proc = subprocess.Popen(["or_status"], env=env)
+        stop.wait()
+        proc.terminate()
+        proc.wait()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def show_session(host: str, port: int, ae: str) -> bool:
+    """Print the bridge's SERIES-level C-FIND answer (dicom_or_find)."""
+    print(f"\n== The session as DICOM sees it: C-FIND SERIES at {ae}@{host}:{port} ==")
+    result = subprocess.run(["dicom_or_find", "--host", host, "--port", str(port),
+                             "--called-ae", ae], capture_output=True, text=True, timeout=60)
+    print(result.stdout.rstrip() or result.stderr.rstrip())
+    return result.returncode == 0
+
+
+def show_recordings(output: Path) -> bool:
+    """List recorded instances with their dciodvfy verdict; True if all have 0 errors."""
+    files = sorted(output.rglob("*.dcm"))
+    print(f"\n== Recorded objects in {output}/ ({len(files)}) ==")
+    ok = True
+    validator = have("dciodvfy")
+    for path in files:
+        if validator:
+            errors, lines = dciodvfy(path)
+            verdict = "dciodvfy: 0 errors" if errors == 0 else f"dciodvfy: {errors} errors"
+            ok = ok and errors == 0
+        else:
+            verdict = "(dciodvfy not installed)"
+        print(f"  {path.relative_to(output)}  {path.stat().st_size / 1e6:8.2f} MB  {verdict}")
+    return ok and bool(files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicom_or_demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, help="seconds to run (default: until "
+                        "Ctrl-C)")
+    parser.add_argument("--output", default="recordings", help="recordings folder")
+    parser.add_argument("arguments", nargs="*", help="more launch arguments name:=value")
+    options = parser.parse_args(argv)
+    if options.duration is not None and options.duration <= 0:
+        print("dicom_or_demo: --duration must be greater than 0", file=sys.stderr)
+        return 1
+    output = Path(options.output).resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="dicom_or_demo_"))
+    given = {"output_dir": str(output), "bridge_host": "127.0.0.1", "bridge_port": "11112",
+             "bridge_ae": "DICOM_OR"}
+    worklist = start_worklist(workdir)
+    if worklist is not None:
+        given.update(worklist_host="127.0.0.1", worklist_port=str(worklist[1]),
+                     worklist_ae=WORKLIST_AE)
+        print(f"demo: worklist SCP (wlmscpfs) on 127.0.0.1:{worklist[1]} AE {WORKLIST_AE}")
+    else:
+        print("demo: dcmtk not installed; session context from config/session_context.yaml")
+    from dicom_or_bringup.launcher import parse_launch_arguments
+
+    try:
+        given.update(parse_launch_arguments(options.arguments))
+        specs = graph.resolve("or_demo", given)
+        group = ProcessGroup(specs, log_dir=workdir / "logs")
+        group.start()
+    except DicomOrError as exc:
+        print(f"dicom_or_demo: {exc}", file=sys.stderr)
+        return 1
+    print(f"demo: {len(specs)} nodes started, logs in {workdir / 'logs'}; bridge DICOM_OR@"
+          f"127.0.0.1:11112; Ctrl-C to stop")
+    stop = threading.Event()
+    status_thread(dict(os.environ), stop)
+    reason = wait(group, options.duration)
+    stop.set()
+    found = show_session("127.0.0.1", int(given["bridge_port"]), given["bridge_ae"])
+    print(f"\ndemo: stopping ({reason}); the recorder finalises its files")
+    codes = group.stop(grace_s=20.0)
+    if worklist is not None:
+        worklist[0].terminate()
+        worklist[0].wait()
+    failed = {n: c for n, c in codes.items() if c != 0}
+    for name, code in failed.items():
+        print(f"demo: node {name} exited with {code}; see {workdir / 'logs' / name}.log",
+              file=sys.stderr)
+    valid = show_recordings(output)
+    print(f"\ndemo: recordings in {output}; node logs in {workdir / 'logs'}")
+    if not failed:
+        shutil.rmtree(workdir / WORKLIST_AE, ignore_errors=True)
+    return 0 if (found and valid and not failed and not reason.startswith("node ")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

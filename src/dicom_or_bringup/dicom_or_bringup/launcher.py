@@ -1,0 +1,209 @@
+"""Run a graph without a ROS 2 distro: the pip user's ``ros2 launch``.
+
+Each node of the resolved graph (:mod:`dicom_or_bringup.graph`, the same description the
+``*.launch.py`` files use) becomes a child process of its installed console script with the
+same ``--ros-args``: node name, namespace, parameter files, overrides (written to a
+parameter file so values keep their YAML types) and remappings. Stopping is orderly: SIGINT
+to every child (so recorders finalise their files), then SIGTERM after ``grace_s``, then
+SIGKILL; no child outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from dicom_or_bringup.graph import NodeSpec
+from dicom_or_core.errors import DicomOrError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the launcher dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def executable_path(spec: NodeSpec) -> Path:
+    """The installed console script ``<prefix>/lib/<package>/<executable>``."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        prefix = Path(get_package_prefix(spec.package))
+    except PackageNotFoundError:
+        raise DicomOrError(f"{spec.name}.package",
+                           f"package {spec.package!r} is not installed (colcon build, then "
+                           "source install/setup.bash)") from None
+    path = prefix / "lib" / spec.package / spec.executable
+    if not path.is_file():
+        raise DicomOrError(f"{spec.name}.executable",
+                           f"{spec.package} has no executable {spec.executable!r}")
+    return path
+
+
+def ros_args(spec: NodeSpec, overrides_file: Path | None) -> list[str]:
+    """``--ros-args`` equivalent to what launch_ros passes for the same Node action."""
+    args = ["--ros-args", "-r", f"__node:={spec.name}", "-r", f"__ns:={spec.namespace}"]
+    for params in spec.parameter_files:
+        args += ["--params-file", params]
+    if overrides_file is not None:
+        args += ["--params-file", str(overrides_file)]
+    for source, target in spec.remappings.items():
+        args += ["-r", f"{source}:={target}"]
+    return args
+
+
+def write_overrides(spec: NodeSpec, folder: Path) -> Path | None:
+    if not spec.overrides:
+        return None
+    path = folder / f"{spec.name}.overrides.yaml"
+    path.write_text(yaml.safe_dump({spec.fully_qualified_name: {
+        "ros__parameters": spec.overrides}}))
+    return path
+
+
+class ProcessGroup:
+    """The running nodes of one graph."""
+
+    def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.specs = specs
+        self.env = dict(os.environ if env is None else env)
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="dicom_or_launch_")
+
+    def start(self) -> None:
+        # Resolve every executable first, so a missing package fails before anything runs.
+        commands = []
+        for spec in self.specs:
+            overrides = write_overrides(spec, Path(self._tmp.name))
+            commands.append((spec, [str(executable_path(spec)), *ros_args(spec, overrides)]))
+        for spec, command in commands:
+            env = {**self.env, **spec.environment}
+            output = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = open(self.log_dir / f"{spec.name}.log", "w")
+            # Own session: a terminal's Ctrl-C reaches only the launcher, which then stops
+            # the nodes in order (the bridge can still answer while the recorder finalises).
+            # Parent-death signal: no node outlives a launcher that was killed outright.
+            self.processes[spec.name] = subprocess.Popen(
+                command, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_terminate_with_parent)
+            if output is not None:
+                output.close()
+
+    def failed(self) -> dict[str, int]:
+        """Children that have exited with a non-zero code, by node name."""
+        return {name: proc.returncode for name, proc in self.processes.items()
+                if proc.poll() is not None and proc.returncode != 0}
+
+    def stop(self, grace_s: float = 10.0) -> dict[str, int]:
+        """SIGINT everyone, escalate after ``grace_s``; return each child's exit code."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in self.processes.values():
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(sig)
+            deadline = time.monotonic() + 5.0
+        for proc in self.processes.values():
+            proc.wait()
+        self._tmp.cleanup()
+        return {name: proc.returncode for name, proc in self.processes.items()}
+
+
+def wait(group: ProcessGroup, duration_s: float | None) -> str:
+    """Block until ``duration_s`` passes, a node fails, or SIGINT / SIGTERM arrive."""
+    stop = {"reason": ""}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["reason"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        end = None if duration_s is None else time.monotonic() + duration_s
+        while not stop["reason"]:
+            if end is not None and time.monotonic() >= end:
+                return "duration"
+            failed = group.failed()
+            if failed:
+                name, code = next(iter(failed.items()))
+                return f"node {name} exited with {code}"
+            time.sleep(0.2)
+        return stop["reason"]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def parse_launch_arguments(items: list[str]) -> dict[str, str]:
+    """``name:=value`` words, as ``ros2 launch`` takes them."""
+    given = {}
+    for item in items:
+        if ":=" not in item:
+            raise DicomOrError(item, "launch arguments are written name:=value")
+        name, value = item.split(":=", 1)
+        given[name] = value
+    return given
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dicom_or_launch <graph> [name:=value ...]``: run a graph until Ctrl-C."""
+    import argparse
+
+    from dicom_or_bringup import graph
+
+    parser = argparse.ArgumentParser(
+        prog="dicom_or_launch",
+        description="Start a dicom_or graph (the nodes of launch/<graph>.graph.yaml, as "
+                    "'ros2 launch dicom_or_bringup <graph>.launch.py' would) without a ROS 2 "
+                    "distro.")
+    parser.add_argument("graph", help="graph name, e.g. or_demo, bridge, recorder")
+    parser.add_argument("arguments", nargs="*", help="launch arguments name:=value")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--show-args", action="store_true",
+                        help="list the graph's launch arguments and exit")
+    parser.add_argument("--print", action="store_true", dest="print_only",
+                        help="print the command of every node and exit")
+    options = parser.parse_args(argv)
+    try:
+        if options.show_args:
+            for arg in graph.arguments(options.graph):
+                print(f"{arg.name}:={arg.default!r:<24} {arg.description}")
+            return 0
+        specs = graph.resolve(options.graph, parse_launch_arguments(options.arguments))
+        group = ProcessGroup(specs)
+        if options.print_only:
+            for spec in specs:
+                overrides = write_overrides(spec, Path(group._tmp.name))
+                print(" ".join([str(executable_path(spec)), *ros_args(spec, overrides)]))
+            return 0
+        group.start()
+    except DicomOrError as exc:
+        print(f"dicom_or_launch: {exc}", file=sys.stderr)
+        return 1
+    reason = wait(group, options.duration)
+    print(f"dicom_or_launch: stopping ({reason})", file=sys.stderr)
+    codes = group.stop()
+    failed = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    for name, code in failed.items():
+        print(f"dicom_or_launch: {name} exited with {code}", file=sys.stderr)
+    return 1 if failed or reason.startswith("node ") else 0
