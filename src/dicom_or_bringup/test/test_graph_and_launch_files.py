@@ -136,3 +136,15 @@ def test_launch_arguments_parse_like_ros2_launch():
     assert launcher.parse_launch_arguments(["a:=1", "b:=x:=y"]) == {"a": "1", "b": "x:=y"}
     with pytest.raises(DicomOrError, match="name:=value"):
         launcher.parse_launch_arguments(["a=1"])
+
+
+def test_rviz_config_shows_the_demo_topics_in_the_tracker_frame():
+    config = yaml.safe_load((LAUNCH_DIR.parent / "config" / "or_demo.rviz").read_text())
+    manager = config["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "tracker"
+    topics = {d["Class"]: d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d}
+    assert topics["rviz_default_plugins/Image"] == "/or/endoscope/image_raw"
+    assert topics["rviz_default_plugins/MarkerArray"] == "/or/tracker/markers"
+    # the image display must not ask for RELIABLE from a BEST_EFFORT publisher
+    image = next(d for d in manager["Displays"] if d["Class"].endswith("/Image"))
+    assert image["Topic"]["Reliability Policy"] == "Best Effort"
