@@ -8,6 +8,17 @@ package_name = 'dicom_or_core'
 # every node (and a distro user) one place to find it: share/dicom_or_core/config.
 workspace_config = os.path.join('..', '..', 'config')
 
+
+def config_files():
+    """Every file of config/ and its sub-folders (e.g. worklist/), keeping the layout."""
+    found = {}
+    for path in sorted(glob(os.path.join(workspace_config, '**', '*'), recursive=True)):
+        if os.path.isfile(path):
+            folder = os.path.relpath(os.path.dirname(path), workspace_config)
+            target = os.path.normpath(os.path.join('share', package_name, 'config', folder))
+            found.setdefault(target, []).append(path)
+    return sorted(found.items())
+
 setup(
     name=package_name,
     version='0.1.0',
@@ -15,10 +26,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
-        ('share/' + package_name + '/config',
-         sorted(glob(os.path.join(workspace_config, '*.yaml'))
-                + glob(os.path.join(workspace_config, '*.xml')))),
-    ],
+    ] + config_files(),
     install_requires=['setuptools'],
     zip_safe=True,
     maintainer='dicom_or maintainers',

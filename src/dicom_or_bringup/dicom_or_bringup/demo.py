@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,8 +41,15 @@ def start_worklist(workdir: Path) -> tuple[subprocess.Popen, int] | None:
     folder = workdir / WORKLIST_AE
     folder.mkdir(parents=True)
     (folder / "lockfile").touch()  # wlmscpfs only serves a folder that has one
+    today = datetime.date.today().strftime("%Y%m%d")
     for dump in dumps:
-        result = run_tool(["dump2dcm", "+te", str(dump), str(folder / f"{dump.stem}.wl")])
+        # The demo cases are scheduled for today, whatever day the demo runs.
+        text = re.sub(r"(\(0040,0002\) DA \[)\d{8}(\])", rf"\g<1>{today}\g<2>",
+                      dump.read_text())
+        dated = workdir / dump.name
+        dated.write_text(text)
+        result = run_tool(["dump2dcm", "--write-dataset", str(dated),
+                           str(folder / f"{dump.stem}.wl")])
         if result.returncode != 0:
             print(f"demo: dump2dcm {dump.name} failed: {result.stderr.strip()}",
                   file=sys.stderr)
@@ -107,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
              "bridge_ae": "DICOM_OR"}
     worklist = start_worklist(workdir)
     if worklist is not None:
-        given.update(worklist_host="127.0.0.1", worklist_port=str(worklist[1]),
-                     worklist_ae=WORKLIST_AE)
+        given.update(context_source="worklist", worklist_host="127.0.0.1",
+                     worklist_port=str(worklist[1]), worklist_ae=WORKLIST_AE)
         print(f"demo: worklist SCP (wlmscpfs) on 127.0.0.1:{worklist[1]} AE {WORKLIST_AE}")
     else:
         print("demo: dcmtk not installed; session context from config/session_context.yaml")

@@ -1,0 +1,1 @@
+"""dicom_or_bringup: graphs, launch support, the pip launcher, the OR demo and or_status."""
