@@ -78,7 +78,7 @@ def show_session(host: str, port: int, ae: str) -> bool:
     """Print the bridge's SERIES-level C-FIND answer (dicom_or_find)."""
     print(f"\n== The session as DICOM sees it: C-FIND SERIES at {ae}@{host}:{port} ==")
     result = subprocess.run(["dicom_or_find", "--host", host, "--port", str(port),
-                             "--called-ae", ae], capture_output=True, text=True, timeout=60)
+                             "--aec", ae], capture_output=True, text=True, timeout=60)
     print(result.stdout.rstrip() or result.stderr.rstrip())
     return result.returncode == 0
 

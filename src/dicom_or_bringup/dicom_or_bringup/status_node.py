@@ -8,7 +8,7 @@ import time
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from dicom_or_bringup.status_view import StreamRow, render
+from dicom_or_bringup.status_view import StreamRow, render, summarize_recorder
 from dicom_or_msgs.msg import DeviceStatus
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC
 from dicom_or_ros.params import declare
@@ -28,6 +28,7 @@ class StatusMonitor(Node):
         self.rows: dict[str, StreamRow] = {}
         self.recorder_line = ""
         self._drawn = 0
+        self._ticks = 0
         self.create_subscription(DeviceStatus, DEVICE_STATUS_TOPIC, self._on_status,
                                  named_qos("status"))
         self.create_subscription(String, recorder_topic, self._on_recorder, 10)
@@ -39,13 +40,18 @@ class StatusMonitor(Node):
                                                time.monotonic())
 
     def _on_recorder(self, msg: String) -> None:
-        self.recorder_line = msg.data.splitlines()[0] if msg.data else ""
+        self.recorder_line = summarize_recorder(msg.data)
 
     def redraw(self) -> None:
         lines = render(list(self.rows.values()), time.monotonic(), self.recorder_line)
         out = sys.stdout
         if out.isatty() and self._drawn:
             out.write(f"\x1b[{self._drawn}F\x1b[J")  # back to the table's first line
+        elif not out.isatty():
+            # A log file gets a table every 10 periods, not a wall of repeats.
+            self._ticks += 1
+            if (self._ticks - 1) % 10:
+                return
         out.write("\n".join(lines) + "\n")
         out.flush()
         self._drawn = len(lines)

@@ -6,6 +6,7 @@ per stream: state, measured rate against nominal, samples, and age of the last r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 STATE_NAMES = {0: "STARTING", 1: "LIVE", 2: "STALE", 3: "SOURCE LOST", 4: "STOPPED"}
@@ -37,3 +38,29 @@ def render(rows: list[StreamRow], now_s: float, recorder_line: str = "") -> list
     if recorder_line:
         lines.append(f"recorder: {recorder_line}")
     return lines
+
+
+def summarize_recorder(status_text: str) -> str:
+    """One line from the recorder's JSON status: streams, samples, losses, instances, PACS.
+
+    Text that is not the recorder's JSON is shown as its first line.
+    """
+    try:
+        status = json.loads(status_text)
+        streams = status["streams"]
+    except (ValueError, KeyError, TypeError):
+        return status_text.splitlines()[0] if status_text else ""
+    recording = [s for s in streams if s.get("recording")]
+    samples = sum(int(s.get("samples", 0)) for s in recording)
+    lost = sum(int(s.get("lost_messages", 0)) for s in recording)
+    instances = status.get("instances", {})
+    line = (f"recording {len(recording)}/{len(streams)} streams, {samples} samples, "
+            f"{lost} lost, instances final {instances.get('final', 0)}")
+    pacs = status.get("pacs") or {}
+    if pacs.get("enabled"):
+        line += (f", PACS queue {pacs.get('queue', 0)} stored {pacs.get('stored', 0)} "
+                 f"committed {pacs.get('committed', 0)}")
+    errors = [s.get("last_error") for s in streams if s.get("last_error")]
+    if errors:
+        line += f", error: {errors[0][:60]}"
+    return line
