@@ -10,6 +10,7 @@ ENV := tools/with_env
 STAMP := $(VENV)/.dicom_or-installed
 DURATION ?=
 PYTEST_ARGS ?=
+PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
 
 .PHONY: all venv system-deps build test test-packages test-system lint demo bench clean
 
@@ -27,6 +28,9 @@ $(STAMP): requirements.txt tools/fix_wheel_cmake_exports.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(VENV)/bin/python tools/fix_wheel_cmake_exports.py $(VENV)
+	@# pynetdicom installs console scripts named like dcmtk's tools (findscu, storescp, ...)
+	@# that would shadow the real dcmtk peers on PATH; `python -m pynetdicom <app>` remains.
+	cd $(VENV)/bin && rm -f $(PYNETDICOM_APPS)
 	@touch $@
 
 # colcon build is incremental; flock serialises concurrent builds of one workspace.

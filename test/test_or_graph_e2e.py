@@ -51,17 +51,28 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def find_series(port: int, workdir: Path) -> list[pydicom.Dataset]:
-    """dcmtk findscu, Study Root, SERIES level; responses extracted to files."""
+def findscu(port: int, workdir: Path, keys: list[str]) -> list[pydicom.Dataset]:
+    """dcmtk findscu, Study Root; the responses extracted to files and read back."""
     out = workdir / "find"
     out.mkdir(exist_ok=True)
     for old in out.glob("*"):
         old.unlink()
+    args = [word for key in keys for word in ("-k", key)]
     run_tool(["findscu", "-S", "-aec", "DICOM_OR", "-aet", "E2E_TEST", "-X", "-od", str(out),
-              "-k", "QueryRetrieveLevel=SERIES", "-k", "StudyInstanceUID", "-k",
-              "SeriesInstanceUID", "-k", "Modality", "-k", "SeriesDescription", "-k",
-              "PatientID", "-k", "RetrieveURL", "127.0.0.1", str(port)], timeout_s=30)
+              *args, "127.0.0.1", str(port)], timeout_s=30)
     return [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
+
+
+def find_series(port: int, workdir: Path) -> list[pydicom.Dataset]:
+    """The hierarchical search a PACS workstation does: the studies, then each study's
+    series (the bridge, like PS3.4 C.4.1.3.1.1 allows, does not do relational queries)."""
+    series = []
+    for study in findscu(port, workdir, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                         "PatientID"]):
+        series += findscu(port, workdir, [
+            "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.StudyInstanceUID}",
+            "SeriesInstanceUID", "Modality", "SeriesDescription", "RetrieveURL"])
+    return series
 
 
 def stop(graph: subprocess.Popen) -> tuple[int, str]:
