@@ -41,17 +41,23 @@ def declare(node: Node, name: str, default: Any, description: str, *,
     ``param_type`` (e.g. ``Parameter.Type.STRING_ARRAY``) since an empty default has no type.
     """
     ptype = param_type or _TYPES[type(default)]
-    descriptor = ParameterDescriptor(description=description, type=int(ptype),
-                                     read_only=read_only)
+    # Dynamic typing only so that an integer given for a double ("fps:=30") is accepted
+    # and converted; any other type mismatch is still an error naming the parameter.
+    descriptor = ParameterDescriptor(description=f"{description} [{ptype.name.lower()}]",
+                                     read_only=read_only, dynamic_typing=True)
     try:
-        value = node.declare_parameter(name, default if default is not None else ptype,
-                                       descriptor).value
+        parameter = node.declare_parameter(name, default if default is not None else ptype,
+                                           descriptor)
     except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
         raise DicomOrError(name, f"must be of type {ptype.name.lower()}: {exc}") from None
     except ParameterUninitializedException:
         raise DicomOrError(name, "is required") from None
-    if ptype == Parameter.Type.DOUBLE and isinstance(value, int):
+    value = parameter.value
+    if parameter.type_ == Parameter.Type.INTEGER and ptype == Parameter.Type.DOUBLE:
         value = float(value)
+    elif parameter.type_ != ptype:
+        raise DicomOrError(name, f"must be of type {ptype.name.lower()}, got "
+                           f"{parameter.type_.name.lower()}", value)
     if check is not None and not check(value):
         raise DicomOrError(name, rule or "invalid value", value)
     return value

@@ -16,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -63,22 +65,36 @@ def apply_transport_defaults() -> None:
 
 NodeT = TypeVar("NodeT")
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int:
     """Run one node until Ctrl-C / SIGTERM and return the process exit code.
 
-    A configuration error (:class:`DicomOrError`, raised while the node validates its
-    parameters) is printed as one line naming the parameter and returns 1, never a
-    traceback. rclpy's signal handlers turn SIGINT and SIGTERM into a context shutdown; the
-    node's ``close()`` then runs so a launcher's stop lets it finalise its files.
+    * Bad ``--ros-args`` (rclpy cannot parse them) and configuration errors
+      (:class:`DicomOrError`, raised while the node validates its parameters) print one line
+      naming the problem and return 1, never a traceback.
+    * SIGINT and SIGTERM stop spinning but leave the ROS context up, so the node's
+      ``close()`` can still publish (a STOPPED status) and finalise its files before the
+      context shuts down; a launcher's stop is an orderly stop. rclpy's own handlers, which
+      would shut the context down first, are not installed.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     apply_transport_defaults()
-    node = None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
-        with rclpy.init(args=args if args is not None else sys.argv):
+        try:
+            init = rclpy.init(args=args if args is not None else sys.argv,
+                              signal_handler_options=SignalHandlerOptions.NO)
+        except Exception as exc:  # rclpy raises its C extension's RCLError here
+            print(f"[ERROR] invalid command line arguments: {exc}".splitlines()[0],
+                  file=sys.stderr)
+            return 1
+        with init:
             try:
                 node = factory()
             except DicomOrError as exc:
@@ -87,13 +103,17 @@ def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int
             executor = MultiThreadedExecutor(num_threads=4)
             executor.add_node(node)
             try:
-                executor.spin()
+                while not stop.is_set() and rclpy.ok(context=node.context):
+                    executor.spin_once(timeout_sec=0.1)
             finally:
                 close = getattr(node, "close", None)
                 if close is not None:
                     close()
-                executor.remove_node(node)
+                executor.shutdown(timeout_sec=5.0)
                 node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

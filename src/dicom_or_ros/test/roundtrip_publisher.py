@@ -8,9 +8,8 @@ import sys
 import threading
 
 import rclpy
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
 from message_fill import LATCHED_TYPES, SAMPLE_TYPES, _message_class, fill, topic_of
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 
 def main() -> None:

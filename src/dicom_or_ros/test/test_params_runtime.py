@@ -1,0 +1,64 @@
+"""Typed parameters and the process lifecycle every node shares."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rclpy
+from rclpy.parameter import Parameter
+
+from dicom_or_core.errors import DicomOrError
+from dicom_or_ros.params import declare
+from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context
+
+HERE = Path(__file__).parent
+
+
+def _node(ctx, **overrides):
+    return rclpy.create_node("params_test", context=ctx, parameter_overrides=[
+        Parameter(name, value=value) for name, value in overrides.items()])
+
+
+def test_declare_converts_integer_to_double_and_names_bad_types():
+    with ros_context() as ctx:
+        node = _node(ctx, fps=30, width="wide", mode="fast")
+        assert declare(node, "fps", 25.0, "frames per second") == 30.0
+        assert isinstance(declare(node, "height", 480, "rows"), int)
+        with pytest.raises(DicomOrError) as info:
+            declare(node, "width", 640, "columns")
+        assert info.value.field == "width" and "must be of type integer" in str(info.value)
+        with pytest.raises(DicomOrError, match="mode: must be one of"):
+            declare(node, "mode", "slow", "speed", check=lambda v: v in ("slow", "safe"),
+                    rule="must be one of slow, safe")
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_close_runs_with_the_context_alive_on_stop_signals(stop_signal):
+    with reserved_domain_id() as domain:
+        child = subprocess.Popen([sys.executable, str(HERE / "closing_node.py")],
+                                 env=isolated_env(domain), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(stop_signal)
+        out, err = child.communicate(timeout=20)
+    assert child.returncode == 0, err
+    assert "CLOSED" in out, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--ros-args", "-p", "rate_hz:=-3.0"], "rate_hz: must be greater than 0"),
+    (["--ros-args", "-p", "rate_hz:=fast"], "rate_hz: must be of type double"),
+    (["--ros-args", "-p", "rate_hz:=[1,"], "invalid command line arguments"),
+])
+def test_bad_configuration_exits_1_with_one_line(args, words):
+    with reserved_domain_id() as domain:
+        result = subprocess.run([sys.executable, str(HERE / "closing_node.py"), *args],
+                                env=isolated_env(domain), capture_output=True, text=True,
+                                timeout=30)
+    assert result.returncode == 1
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
