@@ -40,7 +40,7 @@ build: venv
 	    | grep -v "doesn't contain any 'local_setup" || exit $${PIPESTATUS[0]}
 
 test: system-deps build
-	$(MAKE) --no-print-directory test-packages test-system
+	$(MAKE) --no-print-directory -k test-packages test-system
 
 # Unit and node tests of every package, through colcon (fails when any test fails).
 test-packages:

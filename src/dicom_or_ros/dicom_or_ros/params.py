@@ -55,6 +55,8 @@ def declare(node: Node, name: str, default: Any, description: str, *,
     value = parameter.value
     if parameter.type_ == Parameter.Type.INTEGER and ptype == Parameter.Type.DOUBLE:
         value = float(value)
+    elif ptype.name.endswith("_ARRAY") and isinstance(value, (list, tuple)) and not value:
+        value = []  # rclpy types an empty list as a byte array; empty fits any array type
     elif parameter.type_ != ptype:
         raise DicomOrError(name, f"must be of type {ptype.name.lower()}, got "
                            f"{parameter.type_.name.lower()}", value)

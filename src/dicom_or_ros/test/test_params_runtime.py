@@ -23,12 +23,16 @@ def _node(ctx, **overrides):
 
 def test_declare_converts_integer_to_double_and_names_bad_types():
     with ros_context() as ctx:
-        node = _node(ctx, fps=30, width="wide", mode="fast")
+        node = _node(ctx, fps=30, width="wide", mode="fast", names=["a", "b"])
+        assert declare(node, "names", [], "names",
+                       param_type=Parameter.Type.STRING_ARRAY) == ["a", "b"]
         assert declare(node, "fps", 25.0, "frames per second") == 30.0
         assert isinstance(declare(node, "height", 480, "rows"), int)
         with pytest.raises(DicomOrError) as info:
             declare(node, "width", 640, "columns")
         assert info.value.field == "width" and "must be of type integer" in str(info.value)
+        assert declare(node, "tools", [], "tool names",
+                       param_type=Parameter.Type.STRING_ARRAY) == []
         with pytest.raises(DicomOrError, match="mode: must be one of"):
             declare(node, "mode", "slow", "speed", check=lambda v: v in ("slow", "safe"),
                     rule="must be one of slow, safe")

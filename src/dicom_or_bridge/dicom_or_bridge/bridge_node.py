@@ -1,0 +1,251 @@
+"""``dicom_bridge``: the DICOM SCP that answers from the live ROS graph.
+
+Wiring only: every ``discovery_period_s`` the node lists the graph's stream topics
+(:func:`dicom_or_ros.graph.discover_streams`), subscribes to each one's latched descriptor,
+follows ``/or/device_status``, and hands the set of live streams to the ROS-free
+:class:`~dicom_or_core.qr_model.ModelStore`; the pynetdicom server
+(:class:`~dicom_or_bridge.scp.BridgeScp`) answers C-FIND / C-GET / C-MOVE from the store's
+snapshot in its own threads. A stream is listed once its sample topic has a publisher *and*
+its descriptor arrived; it goes when the publisher goes (next discovery tick). STALE and
+SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr_model`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import UInt16
+
+from dicom_or_bridge.ros_access import reader_qos
+from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
+from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
+from dicom_or_core import vr
+from dicom_or_core.context import KIND_VIDEO, StreamDescriptor
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
+from dicom_or_msgs.msg import DeviceStatus, ImageFrame
+from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
+from dicom_or_ros.convert import from_msg
+from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic, discover_streams
+from dicom_or_ros.params import declare
+from dicom_or_ros.qos import named_qos, overridable
+from dicom_or_ros.runtime import run_node
+
+_STRINGS = Parameter.Type.STRING_ARRAY
+# An empty list has no element type (rclpy would call it a byte array); [""] is the usual
+# typed stand-in for "empty" (a parameter file cannot hold [] either). Empty entries are
+# dropped after reading.
+_EMPTY = [""]
+
+
+def _ae_ok(value: str) -> bool:
+    try:
+        vr.check_ae("ae", value)
+    except DicomOrError:
+        return False
+    return bool(value.strip())
+
+
+class DicomBridgeNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("dicom_bridge", **kwargs)
+        p = {}
+        p["ae_title"] = declare(self, "ae_title", "DICOM_OR", "AE title of the bridge SCP",
+                                check=_ae_ok, rule="1..16 characters, no backslash")
+        p["host"] = declare(self, "host", "127.0.0.1", "address to listen on (0.0.0.0 = all)",
+                            check=bool, rule="must not be empty")
+        p["port"] = declare(self, "port", 11112, "TCP port; 0 = any free port (logged and "
+                            "published on ~/port)", check=lambda v: 0 <= v < 65536,
+                            rule="must be 0..65535")
+        p["allowed_calling_ae_titles"] = declare(
+            self, "allowed_calling_ae_titles", _EMPTY, "calling AE titles allowed to "
+            "associate; empty = any", param_type=_STRINGS,
+            check=lambda v: all(_ae_ok(a) for a in v if a),
+            rule="each must be a valid AE title")
+        p["allowed_hosts"] = declare(self, "allowed_hosts", _EMPTY, "peer IP addresses allowed "
+                                     "to associate; empty = any", param_type=_STRINGS)
+        p["max_associations"] = declare(self, "max_associations", 64, "concurrent "
+                                        "associations; more are rejected (transient)",
+                                        check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
+        for name, default, text in (("acse_timeout_s", 30.0, "association negotiation"),
+                                    ("dimse_timeout_s", 30.0, "a DIMSE message"),
+                                    ("network_timeout_s", 60.0, "an idle connection")):
+            p[name] = declare(self, name, default, f"timeout of {text}, seconds",
+                              check=lambda v: 0 < v <= 3600, rule="must be in (0, 3600]")
+        p["max_pdu_size"] = declare(self, "max_pdu_size", 65536, "maximum PDU size received",
+                                    check=lambda v: v == 0 or 4096 <= v <= 2**24,
+                                    rule="must be 0 (unlimited) or 4096..16777216")
+        p["max_identifier_bytes"] = declare(self, "max_identifier_bytes", 65536,
+                                            "larger C-FIND/GET/MOVE identifiers are refused "
+                                            "(0xC000)", check=lambda v: v >= 256,
+                                            rule="must be >= 256")
+        p["max_matches"] = declare(self, "max_matches", 10000, "C-FIND stops with 0xA700 "
+                                   "beyond this many matches", check=lambda v: v >= 1,
+                                   rule="must be >= 1")
+        move = declare(self, "move_destinations", _EMPTY, "C-MOVE destinations, AE@host:port",
+                       param_type=_STRINGS)
+        p["tls_cert"] = declare(self, "tls_cert", "", "PEM certificate: enables DICOM TLS")
+        p["tls_key"] = declare(self, "tls_key", "", "PEM private key of tls_cert")
+        p["tls_ca"] = declare(self, "tls_ca", "", "PEM CA bundle; when set, clients must "
+                              "present a certificate it signed")
+        archive_dir = declare(self, "archive_dir", "recordings", "recorder output folder "
+                              "<Study>/<Series>/<SOP>.dcm served at IMAGE level and by "
+                              "C-GET / C-MOVE", check=bool, rule="must not be empty")
+        self._discovery_period = declare(
+            self, "discovery_period_s", 0.25, "how often the graph is scanned for streams",
+            check=lambda v: 0.01 <= v <= 5.0, rule="must be 0.01..5 s")
+        rescan = declare(self, "archive_rescan_s", 1.0, "archive rescan period, seconds",
+                         check=lambda v: 0 <= v <= 3600, rule="must be 0..3600")
+        self._snapshot_timeout = declare(
+            self, "snapshot_timeout_s", 2.0, "C-GET of a live video series: how long to "
+            "wait for a frame to snapshot; 0 disables snapshots",
+            check=lambda v: 0 <= v <= 30, rule="must be 0..30 s")
+        # A parameter file cannot hold an empty list; [""] is the usual stand-in.
+        for key in ("allowed_calling_ae_titles", "allowed_hosts"):
+            p[key] = [v for v in p[key] if v]
+        destinations = {}
+        for entry in (m for m in move if m):
+            ae, host, port = parse_destination(entry)
+            destinations[ae] = (host, port)
+        config = ScpConfig(move_destinations=destinations, **p)
+        self.store = ModelStore(ArchiveIndex(Path(archive_dir)),
+                                domain_id=int(self.context.get_domain_id()),
+                                retrieve_ae_title=config.ae_title, archive_rescan_s=rescan)
+        self._stream_descriptors: dict[str, StreamDescriptor] = {}
+        self._stream_states: dict[str, tuple[int, float]] = {}   # stream_uuid -> (state, rate)
+        self._descriptor_subs: dict[str, object] = {}
+        self._live_topics: set[str] = set()
+        self.create_subscription(DeviceStatus, DEVICE_STATUS_TOPIC, self._on_status,
+                                 named_qos("status"))
+        self.scp = BridgeScp(self.store, config, _RosLogger(self).logger,
+                             snapshot=self._snapshot if self._snapshot_timeout > 0 else None)
+        try:
+            port = self.scp.start()
+        except OSError as exc:
+            raise DicomOrError("port", f"cannot listen on {config.host}:{config.port}: "
+                               f"{exc.strerror}") from None
+        self.port = port
+        self.get_logger().info(f"listening on port {port} as AE {config.ae_title} "
+                               f"({'TLS' if config.tls_cert else 'plain TCP'}), archive "
+                               f"{archive_dir}")
+        self._port_pub = self.create_publisher(UInt16, "~/port", named_qos("descriptor"),
+                                               qos_overriding_options=overridable())
+        self._port_pub.publish(UInt16(data=port))
+        self.create_timer(self._discovery_period, self._discover)
+
+    # --- graph ---------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        live = {s.topic for s in discover_streams(self)}
+        for topic in live - set(self._descriptor_subs):
+            self._descriptor_subs[topic] = self.create_subscription(
+                StreamDescriptorMsg, descriptor_topic(topic),
+                lambda msg, t=topic: self._on_descriptor(t, msg), named_qos("descriptor"))
+        for topic in set(self._descriptor_subs) - live:
+            self.destroy_subscription(self._descriptor_subs.pop(topic))
+            self._stream_descriptors.pop(topic, None)
+        self._live_topics = live
+        self._publish_streams()
+
+    def _on_descriptor(self, topic: str, msg: StreamDescriptorMsg) -> None:
+        descriptor = from_msg(StreamDescriptor, msg)
+        try:
+            descriptor.validate()
+        except DicomOrError as exc:
+            self.get_logger().warning(f"ignoring invalid descriptor on "
+                                      f"{descriptor_topic(topic)}: {exc}")
+            return
+        self._stream_descriptors[topic] = descriptor
+        self._publish_streams()
+
+    def _on_status(self, msg: DeviceStatus) -> None:
+        self._stream_states[msg.stream_uuid] = (int(msg.state), float(msg.measured_rate_hz))
+        self._publish_streams()
+
+    def _publish_streams(self) -> None:
+        streams = []
+        for topic, descriptor in self._stream_descriptors.items():
+            if topic not in self._live_topics:
+                continue
+            state, rate = self._stream_states.get(descriptor.stream_uuid, (1, 0.0))
+            streams.append(LiveStream(descriptor, state, rate))
+        self.store.set_streams(streams)
+
+    def _snapshot(self, series_uid: str) -> Dataset | None:
+        """Called from a pynetdicom thread: subscribe to the live video stream of
+        ``series_uid`` just long enough to get one frame and return it as a DICOM image.
+        No frame subscription exists otherwise (1080p frames are not free)."""
+        # The store's copy: this runs in a pynetdicom thread, the executor owns the dicts.
+        descriptor = next((s.descriptor for s in self.store.streams()
+                           if s.descriptor.series_instance_uid == series_uid
+                           and s.descriptor.kind == KIND_VIDEO), None)
+        if descriptor is None:
+            return None
+        got: list[ImageFrame] = []
+        arrived = threading.Event()
+
+        def on_frame(msg: ImageFrame) -> None:
+            if not got:
+                got.append(msg)
+                arrived.set()
+
+        sub = self.create_subscription(ImageFrame, descriptor.topic, on_frame,
+                                       reader_qos(descriptor.qos_profile or "video"))
+        try:
+            if not arrived.wait(self._snapshot_timeout):
+                return None
+        finally:
+            self.destroy_subscription(sub)
+        image = got[0].image
+        pixels = frame_pixels(image.encoding, image.width, image.height, image.step,
+                              bytes(image.data))
+        stamp = got[0].context.acquisition_time
+        acquired = _dt.datetime.fromtimestamp(stamp.sec + stamp.nanosec * 1e-9) \
+            if stamp.sec else None
+        return snapshot_dataset(descriptor, pixels, acquired)
+
+    def close(self) -> None:
+        self.scp.stop()
+
+
+class _RosLogger:
+    """A stdlib logger whose records go to the node's rclpy logger (pynetdicom threads log
+    through it, so rejections show in the ROS log)."""
+
+    def __init__(self, node: Node) -> None:
+        self.logger = logging.getLogger(f"dicom_or_bridge.{id(node)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(_Handler(node))
+
+
+class _Handler(logging.Handler):
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self._log = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self._log.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._log.warning(text)
+        else:
+            self._log.info(text)
+
+
+def main() -> None:
+    # Wildcards and ranges in identifiers are not valid *stored* values; pydicom would
+    # warn about every one of them.
+    import pydicom.config
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    sys.exit(run_node(DicomBridgeNode))

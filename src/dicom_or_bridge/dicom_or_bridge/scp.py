@@ -1,0 +1,381 @@
+"""The bridge's DICOM SCP, ROS-free: pynetdicom over a :class:`ModelStore` snapshot.
+
+Services (PS3.4): Verification (C-ECHO); Patient Root and Study Root Query/Retrieve - FIND,
+GET and MOVE at every level. Handlers run in pynetdicom's association threads and only read
+the store's immutable snapshot, so they never touch the ROS executor.
+
+Security and limits: a calling-AE-title allow-list and an optional peer-host allow-list
+(refusals are A-ASSOCIATE-RJ "calling AE title not recognised", logged with the peer
+address), a maximum number of concurrent associations (further requests get a transient
+"local limit exceeded" reject), ACSE / DIMSE / network timeouts, a cap on the size of an
+identifier and on the number of C-FIND matches, and optional DICOM TLS (PS3.15 B.1 "Basic
+TLS Secure Transport Connection Profile") from certificate / key / CA files.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context, evt
+from pynetdicom import sop_class as sc
+
+from dicom_or_core import query as q
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.qr_model import ModelStore
+
+log = logging.getLogger("dicom_or_bridge.scp")
+
+FIND_ROOTS = {
+    sc.PatientRootQueryRetrieveInformationModelFind: q.PATIENT_ROOT,
+    sc.StudyRootQueryRetrieveInformationModelFind: q.STUDY_ROOT,
+}
+GET_ROOTS = {
+    sc.PatientRootQueryRetrieveInformationModelGet: q.PATIENT_ROOT,
+    sc.StudyRootQueryRetrieveInformationModelGet: q.STUDY_ROOT,
+}
+MOVE_ROOTS = {
+    sc.PatientRootQueryRetrieveInformationModelMove: q.PATIENT_ROOT,
+    sc.StudyRootQueryRetrieveInformationModelMove: q.STUDY_ROOT,
+}
+# SOP Class Extended Negotiation for C-FIND (PS3.4 C.5.1.1): byte 0 relational queries,
+# byte 1 combined date-time matching; fuzzy PN (2) and timezone adjustment (3) are declined.
+_EXT_RELATIONAL = 0
+_EXT_COMBINED_DATETIME = 1
+
+# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised.
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def parse_destination(text: str) -> tuple[str, str, int]:
+    """A C-MOVE destination ``AE@host:port`` as (AE, host, port)."""
+    ae_title, at, address = text.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not at or not colon or not ae_title.strip() or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536 or len(ae_title.strip()) > 16:
+        raise DicomOrError("move_destinations", "each entry must be AE@host:port", text)
+    return ae_title.strip(), host, int(port)
+
+
+@dataclass
+class ScpConfig:
+    """Everything the SCP needs; the node fills it from parameters."""
+
+    ae_title: str = "DICOM_OR"
+    host: str = "127.0.0.1"
+    port: int = 0
+    allowed_calling_ae_titles: list[str] = field(default_factory=list)  # empty: any
+    allowed_hosts: list[str] = field(default_factory=list)              # empty: any
+    max_associations: int = 64
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    max_pdu_size: int = 65536
+    max_identifier_bytes: int = 65536
+    max_matches: int = 10000
+    move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # when set, clients must present a certificate signed by it
+
+
+def tls_context(config: ScpConfig) -> ssl.SSLContext | None:
+    """The server SSL context, or None without a certificate."""
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not config.tls_cert or not config.tls_key:
+        raise DicomOrError("tls_cert", "tls_cert and tls_key must be set together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_ca:
+            context.load_verify_locations(config.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise DicomOrError("tls_cert", f"cannot load certificate/key/CA: {exc}") from None
+    return context
+
+
+SnapshotProvider = Callable[[str], "Dataset | None"]
+
+
+class BridgeScp:
+    """A pynetdicom server answering from ``store``. ``start()`` returns the bound port.
+
+    ``snapshot`` (optional) maps a live video SeriesInstanceUID to a DICOM image of its
+    current frame, or None; a SERIES-level C-GET of a live video Series then returns that
+    snapshot in addition to the Series' archived instances.
+    """
+
+    def __init__(self, store: ModelStore, config: ScpConfig,
+                 logger: logging.Logger | None = None,
+                 snapshot: SnapshotProvider | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.log = logger or log
+        self.snapshot = snapshot
+        self._server = None
+        self.port = 0
+        self.rejected = 0
+        self._lock = threading.Lock()
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def _make_ae(self) -> AE:
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.acse_timeout = cfg.acse_timeout_s
+        ae.dimse_timeout = cfg.dimse_timeout_s
+        ae.network_timeout = cfg.network_timeout_s
+        ae.maximum_pdu_size = cfg.max_pdu_size
+        ae.add_supported_context(sc.Verification)
+        for uid in (*FIND_ROOTS, *MOVE_ROOTS, *GET_ROOTS):
+            ae.add_supported_context(uid)
+        # C-GET sends the instances back over the same association: accept the storage
+        # classes with the SCP role the requestor proposes through role selection.
+        for context in StoragePresentationContexts[:128 - len(ae.supported_contexts)]:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES,
+                                     scu_role=True, scp_role=True)
+        return ae
+
+    def start(self) -> int:
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_SOP_EXTENDED, self._on_sop_extended),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False,
+                                       evt_handlers=handlers,
+                                       ssl_context=tls_context(self.config))
+        self.port = self._server.server_address[1]
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # --- association ---------------------------------------------------------------
+
+    @staticmethod
+    def _on_conn_open(event: evt.Event) -> None:
+        """Disable Nagle: a C-FIND answer is a command PDU then a dataset PDU, and Nagle
+        plus the peer's delayed ACK would hold every second small write for ~40 ms."""
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (or already closed): nothing to tune
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Refuse peers outside the allow-lists before any negotiation."""
+        cfg = self.config
+        calling = event.assoc.requestor.primitive.calling_ae_title.strip()
+        host = event.assoc.requestor.address
+        allowed_ae = not cfg.allowed_calling_ae_titles or \
+            calling in cfg.allowed_calling_ae_titles
+        allowed_host = not cfg.allowed_hosts or host in cfg.allowed_hosts
+        if allowed_ae and allowed_host:
+            return
+        with self._lock:
+            self.rejected += 1
+        self.log.warning("rejected association from %s@%s: %s not in the allow-list",
+                         calling, host, "calling AE title" if not allowed_ae else "host")
+        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
+        # As pynetdicom's own rejections do: wait until the DUL has sent the A-ASSOCIATE-RJ
+        # and closed the transport, or the socket is shut before the reject leaves.
+        event.assoc.kill()
+
+    def _on_sop_extended(self, event: evt.Event) -> dict:
+        """Accept relational queries and combined date-time matching when asked."""
+        replies = {}
+        for uid, info in event.app_info.items():
+            if uid not in FIND_ROOTS:
+                continue
+            wanted = bytes(info or b"")
+            reply = bytearray(len(wanted))
+            for byte in (_EXT_RELATIONAL, _EXT_COMBINED_DATETIME):
+                if byte < len(wanted):
+                    reply[byte] = 1 if wanted[byte] == 1 else 0
+            replies[uid] = bytes(reply)
+        return replies
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self.log.info("association with %s aborted", event.assoc.requestor.address)
+
+    @staticmethod
+    def _extended(event: evt.Event, uid: str) -> tuple[bool, bool]:
+        info = event.assoc.acceptor.sop_class_extended.get(uid, b"") or b""
+        relational = len(info) > _EXT_RELATIONAL and info[_EXT_RELATIONAL] == 1
+        combined = len(info) > _EXT_COMBINED_DATETIME and info[_EXT_COMBINED_DATETIME] == 1
+        return relational, combined
+
+    # --- services ------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return q.SUCCESS
+
+    def _parse(self, event: evt.Event, roots: dict[str, str]) -> tuple[q.Query, bool]:
+        """Decode and validate the request identifier or raise QueryError."""
+        uid = event.request.AffectedSOPClassUID
+        raw = event.request.Identifier
+        size = len(raw.getvalue()) if raw is not None else 0
+        if size > self.config.max_identifier_bytes:
+            raise q.QueryError(q.FAILURE_UNABLE_TO_PROCESS,
+                               f"identifier of {size} bytes exceeds the limit of "
+                               f"{self.config.max_identifier_bytes}")
+        try:
+            identifier = event.identifier
+        except Exception as exc:  # undecodable bytes: a failure status, not a traceback
+            raise q.QueryError(q.FAILURE_UNABLE_TO_PROCESS,
+                               f"identifier cannot be decoded: {type(exc).__name__}") from None
+        relational, combined = self._extended(event, uid)
+        return q.parse_identifier(identifier, roots[uid], relational=relational,
+                                  combined_datetime=combined), combined
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[object, Dataset | None]]:
+        try:
+            query, combined = self._parse(event, FIND_ROOTS)
+            model = self.store.snapshot()
+            answers = q.find(model.records(query.level), query, combined_datetime=combined)
+            count = 0
+            for answer in answers:
+                if event.is_cancelled:
+                    yield q.CANCEL, None
+                    return
+                count += 1
+                if count > self.config.max_matches:
+                    yield q.QueryError(q.FAILURE_OUT_OF_RESOURCES,
+                                       f"more than {self.config.max_matches} matches; "
+                                       "narrow the query").status_dataset(), None
+                    return
+                yield q.PENDING, answer
+        except q.QueryError as exc:
+            self.log.info("C-FIND refused (0x%04X): %s", exc.status, exc.comment)
+            yield exc.status_dataset(), None
+            return
+        except Exception as exc:  # a bug must not kill the association thread silently
+            self.log.exception("C-FIND failed")
+            yield q.QueryError(q.FAILURE_UNABLE_TO_PROCESS,
+                               f"internal error: {type(exc).__name__}").status_dataset(), None
+            return
+        yield q.SUCCESS, None
+
+    def _matches(self, event: evt.Event, roots: dict[str, str],
+                 live_video: list[str] | None = None) -> list[Path]:
+        """Archived files under the matched entities; SeriesInstanceUIDs of matched live
+        video Series are appended to ``live_video`` when given."""
+        query, _ = self._parse(event, roots)
+        model = self.store.snapshot()
+        paths = []
+        for record in q.matching_records(model.records(query.level), query):
+            if live_video is not None and query.level == "SERIES" and record.get("Rows") \
+                    and str(record.get("RetrieveURL") or "").startswith("ros2:"):
+                live_video.append(str(record.SeriesInstanceUID))
+            if query.level == "IMAGE":
+                path = model.paths.get(str(record.SOPInstanceUID))
+                if path is not None:
+                    paths.append(path)
+            else:
+                # Every archived image below the matched entity.
+                keyword = q.UNIQUE_KEYS[query.level]
+                value = str(record[keyword].value)
+                paths.extend(model.paths[str(img.SOPInstanceUID)] for img in model.images
+                             if str(img.get(keyword, "")) == value)
+        return paths
+
+    @staticmethod
+    def _load(path: Path) -> Dataset | None:
+        try:
+            return dcmread(path)
+        except Exception as exc:  # file vanished or broke since the scan
+            log.warning("cannot read %s: %s", path, exc)
+            return None
+
+    def _on_get(self, event: evt.Event) -> Iterator[object]:
+        live: list[str] = []
+        try:
+            paths = self._matches(event, GET_ROOTS, live if self.snapshot else None)
+        except q.QueryError as exc:
+            self.log.info("C-GET refused (0x%04X): %s", exc.status, exc.comment)
+            # pynetdicom wants the sub-operation count first; the failure status follows.
+            yield 1
+            yield exc.status_dataset(), None
+            return
+        yield len(paths) + len(live)
+        yield from self._send(event, paths)
+        for series_uid in live:
+            if event.is_cancelled:
+                yield q.CANCEL, None
+                return
+            try:
+                image = self.snapshot(series_uid)
+            except Exception:  # a broken frame must not end the association
+                self.log.exception("snapshot of %s failed", series_uid)
+                image = None
+            if image is None:
+                self.log.warning("no current frame of live series %s to snapshot", series_uid)
+                yield q.FAILURE_UNABLE_TO_PROCESS, None
+            else:
+                yield q.PENDING, image
+
+    def _send(self, event: evt.Event, paths: list[Path]) -> Iterator[object]:
+        for path in paths:
+            if event.is_cancelled:
+                yield q.CANCEL, None
+                return
+            ds = self._load(path)
+            if ds is None:
+                yield q.FAILURE_UNABLE_TO_PROCESS, None
+            else:
+                yield q.PENDING, ds
+
+    def _on_move(self, event: evt.Event) -> Iterator[object]:
+        destination = str(event.move_destination or "").strip()
+        address = self.config.move_destinations.get(destination)
+        if address is None:
+            self.log.warning("C-MOVE to unknown destination %r refused", destination)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+            return
+        try:
+            paths = self._matches(event, MOVE_ROOTS)
+        except q.QueryError as exc:
+            self.log.info("C-MOVE refused (0x%04X): %s", exc.status, exc.comment)
+            yield address[0], address[1]
+            yield 1
+            yield exc.status_dataset(), None
+            return
+        # Propose exactly the (SOP class, transfer syntax) pairs the files need.
+        contexts = {}
+        for path in paths:
+            meta = self._load_meta(path)
+            if meta is not None:
+                contexts.setdefault(meta, None)
+        kwargs = {"contexts": [build_context(sop, [ts]) for sop, ts in contexts][:128]}
+        yield address[0], address[1], kwargs
+        yield len(paths)
+        yield from self._send(event, paths)
+
+    @staticmethod
+    def _load_meta(path: Path) -> tuple[str, str] | None:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            return str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+        except Exception:
+            return None

@@ -1,0 +1,210 @@
+"""``session_context``: publishes the OR case's patient / study context, latched.
+
+Sources (parameter ``source``):
+
+* ``worklist``: a Modality Worklist C-FIND (:mod:`dicom_or_core.worklist`) to the SCP at
+  ``worklist_host:worklist_port`` (AE ``worklist_ae_title``), selecting Scheduled Procedure
+  Steps by ``station_ae_title`` and/or ``location`` and ``date`` (``today``, ``""`` = any
+  date, ``YYYYMMDD`` or a DA range). The earliest step is published. An unreachable or
+  failing worklist is logged and retried every ``retry_period_s``; nothing is published
+  until a case is known (a made-up patient would be worse than none).
+* ``parameters``: the ``patient.*`` / ``study.*`` parameters (``config/session_context.yaml``
+  holds a demo case); an empty ``study.study_instance_uid`` gets a new UID at start.
+
+Service ``~/next_case`` (std_srvs/Trigger) re-queries the worklist and switches to the step
+scheduled after the current one. Each published case gets a new Synchronization Frame of
+Reference UID (one per session).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import threading
+
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+from dicom_or_core import context as ctx
+from dicom_or_core import vr
+from dicom_or_core import worklist as wl
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.uid import new_uid
+from dicom_or_msgs.msg import SessionContext as SessionContextMsg
+from dicom_or_ros.convert import to_msg
+from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC
+from dicom_or_ros.params import declare
+from dicom_or_ros.qos import named_qos, overridable
+from dicom_or_ros.runtime import run_node
+
+SOURCES = ("worklist", "parameters")
+
+
+class SessionContextNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("session_context", **kwargs)
+        self.source = declare(self, "source", "parameters", "worklist or parameters",
+                              check=lambda v: v in SOURCES, rule="must be worklist or "
+                              "parameters")
+        self.operating_room = declare(self, "operating_room", "", "PerformedLocation of "
+                                      "this OR (SH); default: the step's location",
+                                      check=_valid(vr.check_sh), rule="SH: at most 16 chars")
+        self._pub = self.create_publisher(SessionContextMsg, SESSION_CONTEXT_TOPIC,
+                                          named_qos("descriptor"),
+                                          qos_overriding_options=overridable())
+        self._lock = threading.Lock()
+        self.current: ctx.SessionContext | None = None
+        self.current_step: str | None = None
+        if self.source == "worklist":
+            self._declare_worklist()
+            self.create_service(Trigger, "~/next_case", self._on_next_case)
+            self._retry = self.create_timer(self.retry_period_s, self._try_worklist)
+            self._try_worklist()
+        else:
+            self.publish(self._from_parameters())
+            self.create_service(Trigger, "~/next_case", self._on_next_case)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def _declare_worklist(self) -> None:
+        host = declare(self, "worklist_host", "127.0.0.1", "worklist SCP host", check=bool,
+                       rule="must not be empty")
+        port = declare(self, "worklist_port", 104, "worklist SCP port",
+                       check=lambda v: 0 < v < 65536, rule="must be 1..65535")
+        called = declare(self, "worklist_ae_title", "WORKLIST", "worklist SCP AE title",
+                         check=_valid(vr.check_ae, required=True), rule="AE title, 1..16")
+        calling = declare(self, "calling_ae_title", "DICOM_OR_CTX", "our AE title",
+                          check=_valid(vr.check_ae, required=True), rule="AE title, 1..16")
+        timeout = declare(self, "timeout_s", 10.0, "network timeout per step, seconds",
+                          check=lambda v: 0 < v <= 300, rule="must be in (0, 300]")
+        self.retry_period_s = declare(self, "retry_period_s", 5.0, "retry period while the "
+                                      "worklist is unreachable, seconds",
+                                      check=lambda v: 0.1 <= v <= 3600,
+                                      rule="must be 0.1..3600")
+        station = declare(self, "station_ae_title", "", "Scheduled Station AE Title to "
+                          "select (empty: any)", check=_valid(vr.check_ae), rule="AE title")
+        location = declare(self, "location", "", "Scheduled Procedure Step Location to "
+                           "select (empty: any)", check=_valid(vr.check_sh), rule="SH")
+        date = declare(self, "date", "today", "scheduled date: today, empty (any), "
+                       "YYYYMMDD or a DA range")
+        if date == "today":
+            date = _dt.date.today().strftime("%Y%m%d")
+        if not (station or location):
+            raise DicomOrError("station_ae_title", "set station_ae_title and/or location, "
+                               "or every OR would take every case")
+        self.peer = wl.WorklistPeer(host, port, called, calling, timeout)
+        try:
+            self.selection = wl.WorklistSelection(station, location, date).validate()
+        except DicomOrError as exc:
+            raise DicomOrError("date", exc.rule, date) from None
+
+    def _from_parameters(self) -> ctx.SessionContext:
+        values = {}
+        for section, cls in (("patient", ctx.Patient), ("study", ctx.Study)):
+            fields = {}
+            for name in cls.__dataclass_fields__:
+                fields[name] = declare(self, f"{section}.{name}", "",
+                                       f"{cls.__doc__.strip()} {name}")
+            values[section] = cls(**fields)
+        if not values["study"].study_instance_uid:
+            values["study"].study_instance_uid = new_uid()
+        if not values["study"].study_date:
+            values["study"].study_date, values["study"].study_time = ctx.now_da_tm()
+        step = declare(self, "scheduled_procedure_step_id", "", "SPS ID (SH), may be empty")
+        session = ctx.SessionContext(
+            patient=values["patient"], study=values["study"],
+            synchronization_frame_of_reference_uid=new_uid(),
+            scheduled_procedure_step_id=step, operating_room=self.operating_room)
+        # Named after the parameters (patient.x / study.x), so the error names the parameter.
+        session.patient.validate("patient")
+        session.study.validate("study")
+        return session.validate("session")
+
+    # --- worklist ------------------------------------------------------------------
+
+    def _query(self) -> list | None:
+        try:
+            return wl.query_worklist(self.peer, self.selection)
+        except wl.WorklistUnavailable as exc:
+            self.get_logger().warning(
+                f"worklist {self.peer.called_ae_title}@{self.peer.host}:{self.peer.port} "
+                f"unavailable: {exc}; retrying every {self.retry_period_s:g} s")
+            return None
+
+    def _try_worklist(self) -> None:
+        """Timer: until a case is known, ask the worklist."""
+        with self._lock:
+            if self.current is not None:
+                self._retry.cancel()
+                return
+            items = self._query()
+            if items is None:
+                return
+            if not items:
+                self.get_logger().warning(
+                    f"worklist has no scheduled step for station "
+                    f"'{self.selection.station_ae_title}' location "
+                    f"'{self.selection.location}' date '{self.selection.date}'; "
+                    f"asking again in {self.retry_period_s:g} s")
+                return
+            self._switch(items[0])
+
+    def _switch(self, item: object) -> bool:
+        try:
+            session = wl.session_from_item(item, operating_room=self.operating_room)
+        except DicomOrError as exc:
+            self.get_logger().error(f"worklist item {wl.step_id(item)!r} is unusable: {exc}")
+            return False
+        self.current_step = wl.step_id(item)
+        self.publish(session)
+        return True
+
+    def _on_next_case(self, request: Trigger.Request,
+                      response: Trigger.Response) -> Trigger.Response:
+        if self.source != "worklist":
+            response.success = False
+            response.message = "source is 'parameters': there is no worklist to advance"
+            return response
+        with self._lock:
+            items = self._query()
+            if items is None:
+                response.success, response.message = False, "worklist unavailable"
+                return response
+            item = wl.next_item(items, self.current_step)
+            if item is None:
+                response.success = False
+                response.message = "no later scheduled procedure step"
+                return response
+            response.success = self._switch(item)
+            response.message = (f"now {self.current_step}: "
+                                f"{self.current.patient.patient_name}"
+                                if response.success else "worklist item unusable")
+        return response
+
+    def publish(self, session: ctx.SessionContext) -> None:
+        self.current = session
+        msg = to_msg(session)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._pub.publish(msg)
+        self.get_logger().info(
+            f"session: patient {session.patient.patient_id!r} study "
+            f"{session.study.study_instance_uid} step "
+            f"{session.scheduled_procedure_step_id!r}")
+
+
+def _valid(check, required: bool = False):
+    def ok(value: str) -> bool:
+        if required and not value:
+            return False
+        try:
+            check("x", value)
+        except DicomOrError:
+            return False
+        return True
+    return ok
+
+
+def main() -> None:
+    sys.exit(run_node(SessionContextNode))

@@ -1,0 +1,113 @@
+"""Shared test data: descriptors of a video and an ECG stream, archived instances, and a
+running ROS-free SCP over a model store."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from dicom_or_bridge.scp import BridgeScp, ScpConfig
+from dicom_or_core import context as ctx
+from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+VIDEO_SERIES = "1.2.826.0.1.3680043.8.498.10"
+ECG_SERIES = "1.2.826.0.1.3680043.8.498.11"
+PATIENT_ID = "P-001"
+
+
+def session(study_uid: str = STUDY, patient_id: str = PATIENT_ID,
+            name: str = "Doe^Jane") -> ctx.SessionContext:
+    return ctx.SessionContext(
+        patient=ctx.Patient(patient_id=patient_id, patient_name=name, birth_date="19700101",
+                            sex="F"),
+        study=ctx.Study(study_instance_uid=study_uid, accession_number="ACC1", study_id="S1",
+                        study_date="20241124", study_time="080000",
+                        study_description="Lap chole"),
+        synchronization_frame_of_reference_uid="1.2.3.4", scheduled_procedure_step_id="SPS1",
+        operating_room="OR1")
+
+
+def video(uid: str = VIDEO_SERIES, topic: str = "/or/endoscope/frames",
+          **kw: str) -> ctx.StreamDescriptor:
+    return ctx.StreamDescriptor(
+        session=session(**kw), stream_uuid="u-" + uid, kind=ctx.KIND_VIDEO, topic=topic,
+        message_type="dicom_or_msgs/msg/ImageFrame", qos_profile="video",
+        nominal_rate_hz=30.0, series_instance_uid=uid, series_number=1, modality="ES",
+        series_description="Endoscope", series_date="20241124", series_time="081500",
+        frame_of_reference_uid="1.2.3.5", rows=1080, columns=1920, pixel_encoding="rgb8",
+        equipment=ctx.Equipment(manufacturer="ACME", model_name="Scope 1",
+                                station_name="OR1"))
+
+
+def ecg(uid: str = ECG_SERIES, topic: str = "/or/patient_monitor/ecg") -> ctx.StreamDescriptor:
+    channels = [ctx.WaveformChannel(label=label, source_code_value=code,
+                                    source_coding_scheme="MDC", source_code_meaning=label,
+                                    unit_ucum="uV")
+                for label, code in (("I", "2:1"), ("II", "2:2"), ("III", "2:61"))]
+    return ctx.StreamDescriptor(
+        session=session(), stream_uuid="u-" + uid, kind=ctx.KIND_WAVEFORM, topic=topic,
+        message_type="dicom_or_msgs/msg/WaveformChunk", qos_profile="waveform",
+        nominal_rate_hz=500.0, series_instance_uid=uid, series_number=3, modality="ECG",
+        series_description="ECG", series_date="20241124", series_time="081501",
+        frame_of_reference_uid="1.2.3.5", sampling_frequency_hz=500.0, channels=channels)
+
+
+def write_instance(root: Path, study: str = STUDY, series: str = VIDEO_SERIES,
+                   sop: str | None = None, number: int = 1) -> Path:
+    """A small valid Secondary Capture instance at <root>/<study>/<series>/<sop>.dcm."""
+    sop = sop or generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # PS3.3 A.8.1 SC Image IOD: Patient, General Study, General Series, SC Equipment,
+    # General Image, Image Pixel, SOP Common.
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = \
+        "Doe^Jane", PATIENT_ID, "19700101", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20241124", "080000", \
+        "S1", "ACC1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "ES", 1, number
+    ds.ConversionType = "WSD"
+    ds.ContentDate, ds.ContentTime = "20241124", "081600"
+    ds.PatientOrientation = ""
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(range(16))
+    path = root / study / series / f"{sop}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@contextlib.contextmanager
+def running_scp(archive: Path | None = None, streams: list | None = None,
+                **config: object):
+    """A started BridgeScp on 127.0.0.1:<free port> over the given streams and archive."""
+    store = ModelStore(ArchiveIndex(archive) if archive else None, domain_id=0,
+                       retrieve_ae_title="DICOM_OR", archive_rescan_s=0.0)
+    store.set_streams([LiveStream(d) for d in (streams if streams is not None
+                                               else [video(), ecg()])])
+    scp = BridgeScp(store, ScpConfig(**config), logging.getLogger("test.scp"))
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
+def console_script(name: str) -> str:
+    """Path of one of this package's console scripts in the colcon install space."""
+    from ament_index_python.packages import get_package_prefix
+
+    return str(Path(get_package_prefix("dicom_or_bridge")) / "lib" / "dicom_or_bridge" / name)

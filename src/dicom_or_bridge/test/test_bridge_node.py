@@ -1,0 +1,299 @@
+"""The dicom_bridge node on its own DDS domain: streams appear and disappear in C-FIND
+answers within a second, device status marks them, and bad parameters exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, video
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom import sop_class as sc
+from rclpy.executors import SingleThreadedExecutor
+
+from dicom_or_bridge.bridge_node import DicomBridgeNode
+from dicom_or_msgs.msg import DeviceStatus, ImageFrame, WaveformChunk
+from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
+from dicom_or_ros.convert import to_msg
+from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic
+from dicom_or_ros.qos import named_qos
+from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context
+
+FIND = sc.StudyRootQueryRetrieveInformationModelFind
+
+
+def series_descriptions(port: int) -> dict[str, str]:
+    ae = AE(ae_title="TEST_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_OR")
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = STUDY
+    query.SeriesDescription = ""
+    query.RetrieveURL = ""
+    found = {}
+    for status, answer in assoc.send_c_find(query, FIND):
+        if status and status.Status == 0xFF00:
+            found[answer.SeriesInstanceUID] = str(answer.SeriesDescription)
+    assoc.release()
+    return found
+
+
+def wait_for(predicate, timeout_s: float) -> float | None:
+    """Seconds until predicate() held, or None after timeout_s (polls C-FIND, which is the
+    observable under test)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+@pytest.fixture
+def graph(tmp_path):
+    import rclpy
+
+    with ros_context() as ctx:
+        bridge = DicomBridgeNode(context=ctx, parameter_overrides=[
+            rclpy.parameter.Parameter("port", value=0),
+            rclpy.parameter.Parameter("archive_dir", value=str(tmp_path)),
+            rclpy.parameter.Parameter("snapshot_timeout_s", value=8.0),
+        ])
+        driver = rclpy.create_node("fake_driver", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(bridge)
+        executor.add_node(driver)
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=0.05)
+
+        thread = threading.Thread(target=spin, daemon=True)
+        thread.start()
+        try:
+            yield bridge, driver
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            bridge.close()
+            executor.shutdown()
+            driver.destroy_node()
+            bridge.destroy_node()
+
+
+def start_stream(driver, descriptor, msg_type):
+    desc_pub = driver.create_publisher(StreamDescriptorMsg, descriptor_topic(descriptor.topic),
+                                       named_qos("descriptor"))
+    desc_pub.publish(to_msg(descriptor))
+    sample_pub = driver.create_publisher(msg_type, descriptor.topic, 10)
+    return desc_pub, sample_pub
+
+
+def test_streams_appear_and_disappear_within_one_second(graph):
+    bridge, driver = graph
+    assert bridge.scp.port > 0
+    from std_msgs.msg import UInt16
+    ports = []
+    driver.create_subscription(UInt16, "/dicom_bridge/port", lambda m: ports.append(m.data),
+                               named_qos("descriptor"))
+    assert wait_for(lambda: ports == [bridge.scp.port], 10.0) is not None  # latched
+    assert series_descriptions(bridge.scp.port) == {}
+    video_pubs = start_stream(driver, video(), ImageFrame)
+    start_stream(driver, ecg(), WaveformChunk)
+    # Discovery of a brand-new participant's topics is DDS's job; once seen, the bridge
+    # answers within one discovery period.
+    assert wait_for(lambda: len(series_descriptions(bridge.scp.port)) == 2, 10.0) is not None
+    for pub in video_pubs:
+        driver.destroy_publisher(pub)
+    gone = wait_for(lambda: VIDEO_SERIES not in series_descriptions(bridge.scp.port), 5.0)
+    assert gone is not None and gone < 1.0, gone
+    assert len(series_descriptions(bridge.scp.port)) == 1
+    # ...and back again.
+    start_stream(driver, video(), ImageFrame)
+    back = wait_for(lambda: VIDEO_SERIES in series_descriptions(bridge.scp.port), 5.0)
+    assert back is not None and back < 1.0, back
+
+
+def test_device_status_marks_stale_and_lost_streams(graph):
+    bridge, driver = graph
+    descriptor = video()
+    start_stream(driver, descriptor, ImageFrame)
+    assert wait_for(lambda: VIDEO_SERIES in series_descriptions(bridge.scp.port), 10.0) \
+        is not None
+    status_pub = driver.create_publisher(DeviceStatus, DEVICE_STATUS_TOPIC, named_qos("status"))
+    for state, text in ((DeviceStatus.STATE_STALE, "Endoscope [STALE]"),
+                        (DeviceStatus.STATE_SOURCE_LOST, "Endoscope [SOURCE LOST]"),
+                        (DeviceStatus.STATE_LIVE, "Endoscope")):
+        status_pub.publish(DeviceStatus(stream_uuid=descriptor.stream_uuid,
+                                        series_instance_uid=VIDEO_SERIES,
+                                        topic=descriptor.topic, state=state))
+        assert wait_for(lambda t=text: series_descriptions(bridge.scp.port).get(VIDEO_SERIES)
+                        == t, 5.0) is not None, text
+    status_pub.publish(DeviceStatus(stream_uuid=descriptor.stream_uuid,
+                                    topic=descriptor.topic, state=DeviceStatus.STATE_STOPPED))
+    assert wait_for(lambda: VIDEO_SERIES not in series_descriptions(bridge.scp.port), 5.0) \
+        is not None
+
+
+@pytest.mark.parametrize("args, name", [
+    (["-p", "port:=70000"], "port"),
+    (["-p", "ae_title:=THIS_AE_TITLE_IS_TOO_LONG"], "ae_title"),
+    (["-p", "move_destinations:=[nonsense]"], "move_destinations"),
+    (["-p", "max_associations:=0"], "max_associations"),
+    (["-p", "tls_cert:=/nonexistent.pem", "-p", "tls_key:=/nonexistent.pem"], "tls_cert"),
+])
+def test_bad_parameters_exit_1_naming_the_parameter(args, name):
+    with reserved_domain_id() as domain:
+        result = subprocess.run([console_script("dicom_bridge"), "--ros-args", "-p", "port:=0",
+                                 *args], env=isolated_env(domain), capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_shipped_parameter_file_loads_and_port_is_reported(tmp_path):
+    from dicom_or_core.paths import config_dir
+
+    with reserved_domain_id() as domain:
+        child = subprocess.Popen(
+            [console_script("dicom_bridge"), "--ros-args", "--params-file",
+             str(config_dir() / "dicom_bridge.yaml"), "-p", "port:=0",
+             "-p", f"archive_dir:={tmp_path}"],
+            env=isolated_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        try:
+            line = ""
+            for line in child.stdout:  # ends when the process exits: never hangs the test
+                if "listening on port" in line:
+                    break
+            assert "listening on port" in line, line
+            port = int(line.split("listening on port")[1].split()[0])
+            assert port > 0 and series_descriptions(port) == {}
+        finally:
+            child.terminate()
+            assert child.wait(timeout=20) == 0
+
+
+def test_c_get_of_a_live_video_series_returns_a_snapshot_of_the_current_frame(graph):
+    import numpy as np
+    from pynetdicom import build_role, evt
+
+    bridge, driver = graph
+    descriptor = video()
+    _, frames = start_stream(driver, descriptor, ImageFrame)
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    frame = ImageFrame()
+    frame.image.encoding, frame.image.width, frame.image.height = "rgb8", 5, 4
+    frame.image.step, frame.image.data = 15, pixels.tobytes()
+    driver.create_timer(0.05, lambda: frames.publish(frame))
+    assert wait_for(lambda: VIDEO_SERIES in series_descriptions(bridge.scp.port), 10.0) \
+        is not None
+    received = []
+    get = sc.StudyRootQueryRetrieveInformationModelGet
+    ae = AE(ae_title="TEST_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(get)
+    ae.add_requested_context(sc.SecondaryCaptureImageStorage)
+    assoc = ae.associate("127.0.0.1", bridge.scp.port, ae_title="DICOM_OR",
+                         ext_neg=[build_role(sc.SecondaryCaptureImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE,
+                                        lambda e: received.append(e.dataset) or 0)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = STUDY
+    query.SeriesInstanceUID = VIDEO_SERIES
+    statuses = [s.Status for s, _ in assoc.send_c_get(query, get)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    (image,) = received
+    assert image.SeriesInstanceUID == VIDEO_SERIES
+    assert (image.Rows, image.Columns, image.PhotometricInterpretation) == (4, 5, "RGB")
+    assert image.PixelData == pixels.tobytes()
+
+
+def _driver_script(name: str) -> str:
+    from pathlib import Path
+
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        path = Path(get_package_prefix("dicom_or_drivers")) / "lib" / "dicom_or_drivers" / name
+    except PackageNotFoundError:
+        pytest.skip("dicom_or_drivers is not built")
+    if not path.exists():
+        pytest.skip(f"{name} is not built")
+    return str(path)
+
+
+def test_real_drivers_start_and_stop(tmp_path):
+    """The real session_context and waveform_driver processes: the bridge lists the
+    driver's ECG and HD series, with the session's study, and drops them within a second
+    of the driver's clean stop."""
+    import signal
+
+    import rclpy
+
+    waveform = _driver_script("waveform_driver")
+    with ros_context() as ctx:
+        env = isolated_env(ctx.domain)
+        context_proc = subprocess.Popen(
+            [console_script("session_context"), "--ros-args", "-r", "__ns:=/or", "-p",
+             "patient.patient_id:=P-REAL", "-p",
+             f"study.study_instance_uid:={STUDY}"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        driver = subprocess.Popen([waveform, "--ros-args", "-r", "__ns:=/or", "-r",
+                                   "__node:=patient_monitor"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bridge = DicomBridgeNode(context=ctx, parameter_overrides=[
+            rclpy.parameter.Parameter("port", value=0),
+            rclpy.parameter.Parameter("archive_dir", value=str(tmp_path))])
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(bridge)
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05)
+                                                  for _ in iter(stop.is_set, True)])
+        thread.start()
+
+        def modalities() -> dict[str, str]:
+            ae = AE(ae_title="TEST_SCU")
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+            ae.add_requested_context(FIND)
+            assoc = ae.associate("127.0.0.1", bridge.scp.port, ae_title="DICOM_OR")
+            query = Dataset()
+            query.QueryRetrieveLevel = "SERIES"
+            query.StudyInstanceUID = STUDY
+            query.Modality = ""
+            query.RetrieveURL = ""
+            found = {str(a.Modality): str(a.RetrieveURL)
+                     for s, a in assoc.send_c_find(query, FIND) if s and s.Status == 0xFF00}
+            assoc.release()
+            return found
+
+        try:
+            assert wait_for(lambda: {"ECG", "HD"} <= set(modalities()), 30.0) is not None
+            found = modalities()
+            assert found["ECG"].startswith("ros2:/or/patient_monitor/ecg?")
+            assert found["HD"].startswith("ros2:/or/patient_monitor/hemodynamic?")
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=30) == 0
+            gone = wait_for(lambda: not modalities(), 10.0)
+            assert gone is not None and gone < 1.0, gone
+        finally:
+            for proc in (driver, context_proc):
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=20)
+            stop.set()
+            thread.join(timeout=5)
+            bridge.close()
+            executor.shutdown()
+            bridge.destroy_node()

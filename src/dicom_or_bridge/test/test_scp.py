@@ -1,0 +1,397 @@
+"""The bridge SCP in-process on a free port, driven by a pynetdicom SCU: services, failure
+statuses for malformed and hostile requests, limits, allow-lists and TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from bridge_fixtures import (
+    ECG_SERIES,
+    PATIENT_ID,
+    STUDY,
+    VIDEO_SERIES,
+    running_scp,
+    write_instance,
+)
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import sop_class as sc
+from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+
+from dicom_or_core.ros2_uri import parse
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
+              pytest.mark.filterwarnings("ignore::UserWarning:pydicom")]
+
+STUDY_FIND = sc.StudyRootQueryRetrieveInformationModelFind
+PATIENT_FIND = sc.PatientRootQueryRetrieveInformationModelFind
+
+
+def ident(**kw) -> Dataset:
+    ds = Dataset()
+    for key, value in kw.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def scu(*contexts, ae_title="TEST_SCU") -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for uid in contexts or (sc.Verification, STUDY_FIND, PATIENT_FIND):
+        ae.add_requested_context(uid)
+    return ae
+
+
+def find(port, identifier, model=STUDY_FIND, ae_title="TEST_SCU", ext=None, **assoc_kw):
+    """(final status, [answers]) of one C-FIND."""
+    ae = scu(sc.Verification, model, ae_title=ae_title)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_OR", ext_neg=ext, **assoc_kw)
+    assert assoc.is_established, "association refused"
+    answers, final = [], None
+    try:
+        for status, answer in assoc.send_c_find(identifier, model):
+            assert status, "no response (timeout or abort)"
+            if status.Status in (0xFF00, 0xFF01):
+                answers.append(answer)
+            else:
+                final = status
+    finally:
+        assoc.release()
+    return final, answers
+
+
+def echo_ok(port, **kw) -> bool:
+    assoc = scu(sc.Verification).associate("127.0.0.1", port, ae_title="DICOM_OR", **kw)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and status.Status == 0
+    finally:
+        assoc.release()
+
+
+def test_echo_and_port_zero_binds_a_real_port():
+    with running_scp() as scp:
+        assert scp.port > 0
+        assert echo_ok(scp.port)
+
+
+def test_series_find_returns_live_streams_with_ros2_uri():
+    with running_scp() as scp:
+        status, answers = find(scp.port, ident(
+            QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY, Modality="", RetrieveURL="",
+            Rows="", Columns="", RecommendedDisplayFrameRate="", SamplingFrequency="",
+            NumberOfWaveformChannels="", SeriesDescription="", Manufacturer=""))
+    assert status.Status == 0x0000
+    by_uid = {a.SeriesInstanceUID: a for a in answers}
+    assert set(by_uid) == {VIDEO_SERIES, ECG_SERIES}
+    video, ecg = by_uid[VIDEO_SERIES], by_uid[ECG_SERIES]
+    assert (video.Modality, video.Rows, video.Columns, video.RecommendedDisplayFrameRate) == \
+        ("ES", 1080, 1920, 30)
+    assert video.Manufacturer == "ACME"
+    uri = parse(video.RetrieveURL)
+    assert (uri.topic, uri.message_type, uri.qos_profile) == \
+        ("/or/endoscope/frames", "dicom_or_msgs/msg/ImageFrame", "video")
+    assert (ecg.Modality, float(ecg.SamplingFrequency), ecg.NumberOfWaveformChannels) == \
+        ("ECG", 500.0, 3)
+    assert ecg.SpecificCharacterSet == "ISO_IR 192"
+    assert "PatientName" not in ecg  # only requested keys
+
+
+def test_patient_root_every_level():
+    with running_scp() as scp:
+        _, patients = find(scp.port, ident(QueryRetrieveLevel="PATIENT", PatientName="doe*"),
+                           PATIENT_FIND)
+        _, studies = find(scp.port, ident(QueryRetrieveLevel="STUDY", PatientID=PATIENT_ID,
+                                          StudyInstanceUID="", ModalitiesInStudy=""),
+                          PATIENT_FIND)
+        _, series = find(scp.port, ident(QueryRetrieveLevel="SERIES", PatientID=PATIENT_ID,
+                                         StudyInstanceUID=STUDY, Modality="ECG"),
+                         PATIENT_FIND)
+    assert [p.PatientID for p in patients] == [PATIENT_ID]
+    assert [s.StudyInstanceUID for s in studies] == [STUDY]
+    assert list(studies[0].ModalitiesInStudy) == ["ECG", "ES"]
+    assert [s.SeriesInstanceUID for s in series] == [ECG_SERIES]
+
+
+def test_image_level_from_archive(tmp_path):
+    write_instance(tmp_path, sop="1.2.3.4.100", number=7)
+    with running_scp(tmp_path) as scp:
+        status, images = find(scp.port, ident(QueryRetrieveLevel="IMAGE",
+                                              StudyInstanceUID=STUDY,
+                                              SeriesInstanceUID=VIDEO_SERIES,
+                                              InstanceNumber="", SOPClassUID=""))
+    assert status.Status == 0
+    assert [(i.SOPInstanceUID, i.InstanceNumber) for i in images] == [("1.2.3.4.100", 7)]
+
+
+def test_utf8_query_and_answer():
+    from bridge_fixtures import video
+    stream = video(name="Müller^Jörg")
+    with running_scp(streams=[stream]) as scp:
+        query = ident(QueryRetrieveLevel="STUDY", PatientName="MÜLLER*", PatientID="")
+        query.SpecificCharacterSet = "ISO_IR 192"
+        status, answers = find(scp.port, query)
+    assert status.Status == 0
+    assert [str(a.PatientName) for a in answers] == ["Müller^Jörg"]
+
+
+def test_relational_and_combined_datetime_by_extended_negotiation():
+    with running_scp() as scp:
+        strict, _ = find(scp.port, ident(QueryRetrieveLevel="SERIES", Modality="ES"))
+        assert strict.Status == 0xA900
+        item = SOPClassExtendedNegotiation()
+        item.sop_class_uid = STUDY_FIND
+        item.service_class_application_information = b"\x01\x01"
+        status, answers = find(scp.port, ident(QueryRetrieveLevel="SERIES", Modality="ES",
+                                               StudyDate="20241123-20241124",
+                                               StudyTime="2200-0900"), ext=[item])
+    assert status.Status == 0
+    assert [a.Modality for a in answers] == ["ES"]
+
+
+@pytest.mark.parametrize("identifier, status", [
+    (ident(StudyInstanceUID=STUDY), 0xA900),                          # no level
+    (ident(QueryRetrieveLevel="FRAME", StudyInstanceUID=STUDY), 0xA900),
+    (ident(QueryRetrieveLevel="PATIENT"), 0xA900),                      # not in Study Root
+    (ident(QueryRetrieveLevel="SERIES"), 0xA900),                       # no Study UID
+    (ident(QueryRetrieveLevel="STUDY", StudyDate="2024-99-99"), 0xA900),  # invalid DA
+    (ident(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.x"), 0xA900),  # invalid UI
+])
+def test_bad_identifiers_get_failure_statuses_and_bridge_keeps_answering(identifier, status):
+    with running_scp() as scp:
+        final, answers = find(scp.port, identifier)
+        assert answers == []
+        assert final.Status == status
+        assert final.get("ErrorComment")
+        assert echo_ok(scp.port)
+
+
+def test_oversized_identifier_is_refused():
+    with running_scp(max_identifier_bytes=4096) as scp:
+        final, _ = find(scp.port, ident(QueryRetrieveLevel="STUDY",
+                                        StudyDescription="x" * 60,
+                                        PatientComments="y" * 20000))
+        assert final.Status == 0xC000
+        assert echo_ok(scp.port)
+
+
+def test_unknown_sop_class_is_not_accepted_and_bridge_keeps_answering():
+    with running_scp() as scp:
+        ae = scu(sc.ModalityWorklistInformationFind)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        if assoc.is_established:
+            assert assoc.accepted_contexts == []
+            with pytest.raises(ValueError):
+                next(assoc.send_c_find(ident(PatientName="*"),
+                                       sc.ModalityWorklistInformationFind))
+            assoc.release()
+        assert echo_ok(scp.port)
+
+
+def test_peer_dropping_mid_association_and_garbage_pdus():
+    with running_scp() as scp:
+        # Half an A-ASSOCIATE-RQ, then the peer vanishes.
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
+            sock.sendall(b"\x01\x00\x00\x00\x00\xcd\x00\x01")
+        # Garbage that is no PDU at all.
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            sock.settimeout(5)
+            try:
+                reply = sock.recv(64)  # an A-ABORT or a closed connection, never a hang
+            except OSError:
+                reply = b""
+            assert reply == b"" or reply[:1] == b"\x07"
+        # An established association whose peer closes the socket during a C-FIND.
+        ae = scu(STUDY_FIND)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert assoc.is_established
+        assoc.dul.socket.socket.close()
+        assoc.abort()
+        assert echo_ok(scp.port)
+
+
+def test_fifty_concurrent_associations_all_answered():
+    barrier = threading.Barrier(50, timeout=30)
+
+    def one(port):
+        ae = scu(STUDY_FIND)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_OR")
+        if not assoc.is_established:
+            return -1
+        try:
+            barrier.wait()  # all 50 associations are open at the same time
+            found = [a for s, a in assoc.send_c_find(
+                ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY, Modality=""),
+                STUDY_FIND) if s and s.Status == 0xFF00]
+            return len(found)
+        finally:
+            assoc.release()
+
+    with running_scp(max_associations=64) as scp, ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, [scp.port] * 50))
+    assert results == [2] * 50
+
+
+def test_max_associations_rejects_the_extra_one():
+    with running_scp(max_associations=1) as scp:
+        ae = scu(sc.Verification)
+        first = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert first.is_established
+        second = scu(sc.Verification).associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert second.is_rejected
+        first.release()
+        assert echo_ok(scp.port)
+
+
+def test_calling_ae_and_host_allow_lists(caplog):
+    with running_scp(allowed_calling_ae_titles=["GOOD_SCU"]) as scp:
+        ok = scu(sc.Verification, ae_title="GOOD_SCU").associate("127.0.0.1", scp.port,
+                                                                  ae_title="DICOM_OR")
+        assert ok.is_established
+        ok.release()
+        with caplog.at_level("WARNING", logger="test.scp"):
+            bad = scu(sc.Verification, ae_title="EVIL").associate("127.0.0.1", scp.port,
+                                                                  ae_title="DICOM_OR")
+        assert bad.is_rejected
+        assert scp.rejected == 1
+        assert any("EVIL" in r.getMessage() for r in caplog.records)
+    with running_scp(allowed_hosts=["10.1.2.3"]) as scp:
+        bad = scu(sc.Verification).associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert bad.is_rejected
+
+
+def _make_cert(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_tls(tmp_path):
+    cert, key = _make_cert(tmp_path)
+    with running_scp(tls_cert=str(cert), tls_key=str(key)) as scp:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assert echo_ok(scp.port, tls_args=(client, "localhost"))
+        # A plain-TCP peer gets nothing.
+        assert not echo_ok(scp.port)
+        # A TLS client that does not trust the certificate fails the handshake.
+        untrusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        assert not echo_ok(scp.port, tls_args=(untrusting, "localhost"))
+
+
+def test_c_get_series_and_image(tmp_path):
+    sops = [f"1.2.3.4.{n}" for n in range(3)]
+    for n, sop in enumerate(sops):
+        write_instance(tmp_path, sop=sop, number=n + 1)
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    with running_scp(tmp_path) as scp:
+        ae = scu(sc.StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(sc.SecondaryCaptureImageStorage)
+        role = build_role(sc.SecondaryCaptureImageStorage, scp_role=True)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR", ext_neg=[role],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        statuses = [s.Status for s, _ in assoc.send_c_get(
+            ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                  SeriesInstanceUID=VIDEO_SERIES),
+            sc.StudyRootQueryRetrieveInformationModelGet)]
+        assert statuses[-1] == 0x0000
+        assert sorted(received) == sorted(sops)
+        received.clear()
+        statuses = [s.Status for s, _ in assoc.send_c_get(
+            ident(QueryRetrieveLevel="IMAGE", StudyInstanceUID=STUDY,
+                  SeriesInstanceUID=VIDEO_SERIES, SOPInstanceUID=sops[1]),
+            sc.StudyRootQueryRetrieveInformationModelGet)]
+        assert statuses[-1] == 0x0000 and received == [sops[1]]
+        statuses = [s.Status for s, _ in assoc.send_c_get(
+            ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY),
+            sc.StudyRootQueryRetrieveInformationModelGet)]
+        assert statuses[-1] == 0xA900
+        assoc.release()
+
+
+def test_c_move_to_configured_destination_and_unknown_destination(tmp_path):
+    sops = [f"1.2.3.5.{n}" for n in range(2)]
+    for sop in sops:
+        write_instance(tmp_path, sop=sop)
+    received = []
+    store_ae = AE(ae_title="STORE_SCP")
+    for context in StoragePresentationContexts:
+        store_ae.add_supported_context(context.abstract_syntax)
+    server = store_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda e: received.append(e.dataset.SOPInstanceUID) or 0)])
+    dest_port = server.server_address[1]
+    try:
+        with running_scp(tmp_path,
+                         move_destinations={"STORE_SCP": ("127.0.0.1", dest_port)}) as scp:
+            ae = scu(sc.PatientRootQueryRetrieveInformationModelMove)
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+            query = ident(QueryRetrieveLevel="SERIES", PatientID=PATIENT_ID,
+                          StudyInstanceUID=STUDY, SeriesInstanceUID=VIDEO_SERIES)
+            statuses = [s.Status for s, _ in assoc.send_c_move(
+                query, "STORE_SCP", sc.PatientRootQueryRetrieveInformationModelMove)]
+            assert statuses[-1] == 0x0000
+            assert sorted(received) == sorted(sops)
+            statuses = [s.Status for s, _ in assoc.send_c_move(
+                query, "NOBODY", sc.PatientRootQueryRetrieveInformationModelMove)]
+            assert statuses[-1] == 0xA801
+            assoc.release()
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x08\x00\x52\x00ZZ\x06\x00SERIES",      # an invalid VR
+    b"\x08\x00\x52\x00CS\x06\x00SER",          # value shorter than its length
+    b"\x08\x00\x52\x00CS\xff\xffSERIES",       # absurd length
+    b"\xff" * 33,                               # no DICOM at all
+])
+def test_undecodable_identifiers_get_a_failure_status(raw):
+    from io import BytesIO
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom.dimse_primitives import C_FIND
+
+    with running_scp() as scp:
+        ae = AE()
+        ae.dimse_timeout = 10
+        ae.add_requested_context(STUDY_FIND, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        request = C_FIND()
+        request.MessageID, request.AffectedSOPClassUID, request.Priority = 1, STUDY_FIND, 2
+        request.Identifier = BytesIO(raw)
+        # Pause the SCU's reactor (as pynetdicom's own send_* do), or it takes the response.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            threading.Event().wait(0.001)
+        assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        assert response is not None
+        assert response.Status == 0xA900 or 0xC000 <= response.Status <= 0xCFFF
+        assoc.release()
+        assert echo_ok(scp.port)
+
+
+def test_silent_peer_is_disconnected_by_the_acse_timeout():
+    with running_scp(acse_timeout_s=1.0) as scp:
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+            # Never sends an A-ASSOCIATE-RQ: the bridge must close, not hold a slot forever.
+            reply = sock.recv(64)
+            assert reply == b"" or reply[:1] == b"\x07"  # closed, or A-ABORT then closed
+        assert echo_ok(scp.port)

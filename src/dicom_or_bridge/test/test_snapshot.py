@@ -1,0 +1,44 @@
+"""A live frame as a DICOM Secondary Capture image: pixel layout rules and dciodvfy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bridge_fixtures import VIDEO_SERIES, video
+from pydicom import dcmread
+
+from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.peers import dciodvfy, have
+
+
+def test_rgb_bgr_mono_and_row_padding():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert (frame_pixels("rgb8", 3, 2, 9, rgb.tobytes()) == rgb).all()
+    assert (frame_pixels("bgr8", 3, 2, 9, rgb[:, :, ::-1].tobytes()) == rgb).all()
+    padded = np.zeros((2, 12), np.uint8)
+    padded[:, :9] = rgb.reshape(2, 9)
+    assert (frame_pixels("rgb8", 3, 2, 12, padded.tobytes()) == rgb).all()
+    mono = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert (frame_pixels("mono8", 3, 2, 3, mono.tobytes()) == mono).all()
+
+
+@pytest.mark.parametrize("args", [("yuv422", 3, 2, 6, bytes(12)), ("rgb8", 3, 2, 9, bytes(10)),
+                                  ("rgb8", 3, 2, 8, bytes(18)), ("rgb8", 0, 2, 9, bytes(18))])
+def test_bad_frames_are_errors(args):
+    with pytest.raises(DicomOrError):
+        frame_pixels(*args)
+
+
+@pytest.mark.skipif(not have("dciodvfy"), reason="dicom3tools is not installed")
+def test_snapshot_is_a_valid_sc_image_in_the_live_series(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 255, (8, 6, 3), dtype=np.uint8)
+    ds = snapshot_dataset(video(), pixels)
+    path = tmp_path / "snap.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    back = dcmread(path)
+    assert back.SeriesInstanceUID == VIDEO_SERIES and back.Modality == "ES"
+    assert (back.Rows, back.Columns, back.PhotometricInterpretation) == (8, 6, "RGB")
+    assert (back.pixel_array == pixels).all()
+    errors, lines = dciodvfy(path)
+    assert errors == 0, lines

@@ -1,0 +1,196 @@
+"""Modality Worklist (PS3.4 Annex K) as the source of the OR session's context, ROS-free.
+
+The context node asks the hospital's worklist SCP (Modality Worklist Information Model -
+FIND, 1.2.840.10008.5.1.4.31) for the Scheduled Procedure Steps of this OR, picks one and
+turns it into a :class:`~dicom_or_core.context.SessionContext`:
+
+* selection: Scheduled Station AE Title (0040,0001) and/or Scheduled Procedure Step Location
+  (0040,0011) and Scheduled Procedure Step Start Date (0040,0002), inside the Scheduled
+  Procedure Step Sequence (0040,0100) as PS3.4 K.6.1.2.2 defines the matching keys;
+* items are ordered by scheduled start date/time, then by SPS ID, so "next case" is
+  deterministic;
+* mapping (IHE RAD TF-2 "Modality Worklist to images" / PS3.17 Annex on MWL): Patient
+  Module attributes as is, Study Instance UID from the item (a stable UID derived from the
+  Accession Number / Requested Procedure ID when the RIS sends none, so a restarted node
+  keeps the same study), Accession Number, Requested Procedure ID -> Study ID (SH),
+  Requested Procedure Description -> Study Description, Referring Physician's Name, and the
+  SPS ID.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from dicom_or_core import context as ctx
+from dicom_or_core import vr
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.uid import new_uid
+
+log = logging.getLogger(__name__)
+
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+
+
+@dataclass(frozen=True)
+class WorklistSelection:
+    """Which Scheduled Procedure Steps belong to this OR (empty fields are not used)."""
+
+    station_ae_title: str = ""
+    location: str = ""
+    date: str = ""  # DA, a DA range, or "" for any date
+
+    def validate(self, prefix: str = "worklist") -> WorklistSelection:
+        vr.check_ae(f"{prefix}.station_ae_title", self.station_ae_title)
+        vr.check_sh(f"{prefix}.location", self.location)
+        for part in self.date.split("-") if self.date else ():
+            vr.check_da(f"{prefix}.date", part)
+        return self
+
+
+def worklist_identifier(selection: WorklistSelection) -> Dataset:
+    """The C-FIND identifier: matching keys from ``selection``, return keys for everything
+    the session context needs (PS3.4 K.6.1.2.2, return key types per Table K.6-1)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+                    "PatientSex", "StudyInstanceUID", "AccessionNumber",
+                    "RequestedProcedureID", "RequestedProcedureDescription",
+                    "ReferringPhysicianName"):
+        setattr(ds, keyword, "")
+    sps = Dataset()
+    sps.ScheduledStationAETitle = selection.station_ae_title
+    sps.ScheduledProcedureStepLocation = selection.location
+    sps.ScheduledProcedureStepStartDate = selection.date
+    sps.ScheduledProcedureStepStartTime = ""
+    sps.Modality = ""
+    sps.ScheduledProcedureStepID = ""
+    sps.ScheduledProcedureStepDescription = ""
+    sps.ScheduledPerformingPhysicianName = ""
+    ds.ScheduledProcedureStepSequence = [sps]
+    return ds
+
+
+def _sps(item: Dataset) -> Dataset:
+    seq = item.get("ScheduledProcedureStepSequence")
+    return seq[0] if seq else Dataset()
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def sort_items(items: Iterable[Dataset]) -> list[Dataset]:
+    """Worklist items in scheduled order (start date, start time, SPS ID)."""
+    def key(item: Dataset) -> tuple[str, str, str]:
+        sps = _sps(item)
+        return (_text(sps, "ScheduledProcedureStepStartDate"),
+                _text(sps, "ScheduledProcedureStepStartTime").ljust(6, "0"),
+                _text(sps, "ScheduledProcedureStepID"))
+    return sorted(items, key=key)
+
+
+def step_id(item: Dataset) -> str:
+    """The Scheduled Procedure Step ID of an item ("" when absent)."""
+    return _text(_sps(item), "ScheduledProcedureStepID")
+
+
+def next_item(items: list[Dataset], current_step_id: str | None) -> Dataset | None:
+    """The item after ``current_step_id`` in scheduled order (the first when None; None
+    when the current step is the last)."""
+    ordered = sort_items(items)
+    if not ordered:
+        return None
+    if current_step_id is None:
+        return ordered[0]
+    ids = [step_id(i) for i in ordered]
+    if current_step_id not in ids:
+        return ordered[0]
+    index = ids.index(current_step_id) + 1
+    return ordered[index] if index < len(ordered) else None
+
+
+def session_from_item(item: Dataset, *, operating_room: str = "",
+                      now: _dt.datetime | None = None,
+                      synchronization_uid: str | None = None) -> ctx.SessionContext:
+    """The session context of one worklist item (see the module docstring for the map).
+
+    Values that break the VR rules of the context (too long, control characters) raise
+    DicomOrError naming the field, so a bad RIS entry is reported, not propagated.
+    """
+    now = now or _dt.datetime.now()
+    sps = _sps(item)
+    accession = _text(item, "AccessionNumber")
+    requested = _text(item, "RequestedProcedureID")
+    study_uid = _text(item, "StudyInstanceUID")
+    if not study_uid:
+        if not (accession or requested):
+            raise DicomOrError("worklist.item", "has neither Study Instance UID nor "
+                               "Accession Number nor Requested Procedure ID")
+        study_uid = new_uid("dicom_or-mwl", _text(item, "PatientID"), accession, requested)
+    da, tm = ctx.now_da_tm(now)
+    session = ctx.SessionContext(
+        patient=ctx.Patient(patient_id=_text(item, "PatientID"),
+                            issuer_of_patient_id=_text(item, "IssuerOfPatientID"),
+                            patient_name=_text(item, "PatientName"),
+                            birth_date=_text(item, "PatientBirthDate"),
+                            sex=_text(item, "PatientSex")),
+        study=ctx.Study(study_instance_uid=study_uid, accession_number=accession,
+                        study_id=requested[:16], study_date=da, study_time=tm,
+                        study_description=_text(item, "RequestedProcedureDescription")[:64],
+                        referring_physician_name=_text(item, "ReferringPhysicianName")),
+        synchronization_frame_of_reference_uid=synchronization_uid or new_uid(),
+        scheduled_procedure_step_id=_text(sps, "ScheduledProcedureStepID"),
+        operating_room=operating_room or _text(sps, "ScheduledProcedureStepLocation"),
+    )
+    return session.validate("worklist_item")
+
+
+@dataclass(frozen=True)
+class WorklistPeer:
+    """The worklist SCP to ask."""
+
+    host: str
+    port: int
+    called_ae_title: str
+    calling_ae_title: str = "DICOM_OR_CTX"
+    timeout_s: float = 10.0
+
+
+class WorklistUnavailable(Exception):
+    """The worklist SCP could not be reached or refused the query."""
+
+
+def query_worklist(peer: WorklistPeer, selection: WorklistSelection) -> list[Dataset]:
+    """C-FIND the worklist; raise :class:`WorklistUnavailable` with the reason on any
+    network or status failure (never hangs longer than ``peer.timeout_s`` per step)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    ae.add_requested_context(MWL_FIND)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae_title)
+    if not assoc.is_established:
+        raise WorklistUnavailable(f"no association with {peer.called_ae_title}@{peer.host}:"
+                                  f"{peer.port} (refused, aborted or unreachable)")
+    items: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(worklist_identifier(selection),
+                                                    MWL_FIND):
+            if not status:
+                raise WorklistUnavailable("worklist C-FIND timed out or was aborted")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):
+                if identifier is not None:
+                    items.append(identifier)
+            elif code != 0x0000:
+                raise WorklistUnavailable(f"worklist C-FIND failed with status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return sort_items(items)
