@@ -35,12 +35,23 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None or Path(tool).is_file()
 
 
+# pynetdicom ships console scripts with dcmtk's names; a peer test must run dcmtk's.
+DCMTK_TOOLS = ("echoscu", "findscu", "getscu", "movescu", "storescu", "storescp")
+
+
+def tool_path(tool: str) -> str:
+    """The Debian dcmtk binary for a dcmtk tool name, whatever PATH says; else ``tool``."""
+    if tool in DCMTK_TOOLS and Path("/usr/bin", tool).is_file():
+        return str(Path("/usr/bin", tool))
+    return tool
+
+
 def run_tool(args: list[str], timeout_s: float = 60.0, check: bool = False,
              cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run a dcmtk / dicom3tools command, capturing text output, never longer than
     ``timeout_s`` (a TimeoutExpired then propagates with the command named)."""
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
-                          check=check, cwd=cwd)
+    return subprocess.run([tool_path(args[0]), *args[1:]], capture_output=True, text=True,
+                          timeout=timeout_s, check=check, cwd=cwd)
 
 
 def dciodvfy(path: str | Path) -> tuple[int, list[str]]:
