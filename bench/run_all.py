@@ -40,7 +40,7 @@ def main() -> int:
     options = parser.parse_args()
     scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run_all.py"
                      and (not options.only or options.only in p.name))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     report = [f"dicom_or benchmarks, {stamp}", machine(), ""]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import require
+
 from dicom_or_core.peers import dciodvfy, free_tcp_port, run_tool
 
 VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
