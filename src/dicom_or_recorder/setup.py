@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+package_name = 'dicom_or_recorder'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='dicom_or maintainers',
+    maintainer_email='dicom-or@example.org',
+    description='Recorder: stream topics into DICOM instances, spooled and stored to a PACS',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'recorder = dicom_or_recorder.recorder_node:main',
+        ],
+    },
+)

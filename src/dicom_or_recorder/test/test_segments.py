@@ -1,0 +1,188 @@
+"""ROS-free stream recorders: segmenting, gap accounting, journals and crash recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import generate_fragments
+
+from dicom_or_core.errors import DicomOrError
+from dicom_or_core.iod.examples import (
+    example_descriptor,
+    now_ns,
+    synthetic_rgb,
+    synthetic_waveform,
+)
+from dicom_or_core.iod.pose import read_pose_sr
+from dicom_or_core.iod.video import frame_offsets_ms
+from dicom_or_core.iod.waveform import read_samples
+from dicom_or_core.peers import dciodvfy, have
+from dicom_or_core.spool import FINAL, Spool
+from dicom_or_core.video_codec import decode_frames
+from dicom_or_recorder.segments import (
+    PoseRecorder,
+    RecorderOptions,
+    VideoRecorder,
+    WaveformRecorder,
+    finalise_journal,
+)
+
+PERIOD = round(1e9 / 30)
+
+
+def files(spool, uids):
+    return [pydicom.dcmread(spool.absolute(spool.get(u))) for u in uids]
+
+
+def feed_video(rec, n, t0, skip=()):
+    for i in range(n):
+        if i in skip:
+            continue
+        rec.feed(synthetic_rgb(240, 320, i), t0 + i * PERIOD, i)
+
+
+def test_video_is_cut_into_instances_with_gaps_kept(tmp_path):
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions(max_segment_s=1.0))
+    t0 = now_ns()
+    done = []
+    for i in range(45):
+        if i == 12:
+            continue  # lost on the way: sequence 12 never arrives
+        done += rec.feed(synthetic_rgb(240, 320, i), t0 + i * PERIOD, i)
+    assert len(done) == 1                   # the 1 s boundary closed the first instance
+    done += rec.stop()
+    assert rec.stats.lost_messages == 1 and rec.stats.samples == 44
+    first, second = files(spool, done)
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
+    assert int(first.NumberOfFrames) + int(second.NumberOfFrames) == 44
+    # The lost frame keeps its slot in the first instance's timeline.
+    offsets = frame_offsets_ms(first)
+    assert offsets[12] == pytest.approx(13 * PERIOD / 1e6, abs=1e-3)
+    decoded = decode_frames(b"".join(generate_fragments(first.PixelData)))
+    assert len(decoded) == int(first.NumberOfFrames)
+    assert decoded[12][0] * 1000 == pytest.approx(13 * PERIOD / 1e6, abs=1.0)
+    if have("dciodvfy"):
+        for uid in done:
+            assert dciodvfy(spool.absolute(spool.get(uid)))[0] == 0
+
+
+def test_out_of_order_and_stale_frames_are_counted_not_recorded(tmp_path):
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions())
+    t0 = now_ns()
+    rec.feed(synthetic_rgb(240, 320, 0), t0, 5)
+    rec.feed(synthetic_rgb(240, 320, 1), t0 + PERIOD, 4)   # sequence went back
+    rec.feed(synthetic_rgb(240, 320, 1), t0, 6)            # stamp did not advance
+    assert rec.stats.out_of_order == 2 and rec.stats.samples == 1
+    with pytest.raises(DicomOrError, match="shape"):
+        rec.feed(np.zeros((10, 10, 3), np.uint8), t0 + 2 * PERIOD, 7)
+    [uid] = rec.stop()
+    assert int(files(spool, [uid])[0].NumberOfFrames) == 1
+
+
+def test_lossless_video_and_snapshot(tmp_path):
+    spool = Spool(tmp_path)
+    d = example_descriptor("video")
+    rec = VideoRecorder(d, spool, RecorderOptions(video_mode="lossless"))
+    t0 = now_ns()
+    feed_video(rec, 5, t0)
+    [snap] = rec.snapshot()
+    [uid] = rec.stop()
+    ds, snapshot = files(spool, [uid, snap])
+    assert np.array_equal(ds.pixel_array[4], synthetic_rgb(240, 320, 4))
+    assert np.array_equal(snapshot.pixel_array, synthetic_rgb(240, 320, 4))
+    assert snapshot.InstanceNumber != ds.InstanceNumber
+
+
+def test_mpeg2_fills_dropped_slots_on_its_fixed_grid(tmp_path):
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions(video_mode="mpeg2"))
+    feed_video(rec, 10, now_ns(), skip=(4, 5))
+    [uid] = rec.stop()
+    [ds] = files(spool, [uid])
+    assert int(ds.NumberOfFrames) == 10 and rec.stats.extra["repeated_frames"] == 2
+    assert len(decode_frames(b"".join(generate_fragments(ds.PixelData)))) == 10
+
+
+def test_waveform_gap_starts_a_new_instance_and_samples_are_exact(tmp_path):
+    spool = Spool(tmp_path)
+    d = example_descriptor("ecg")
+    rec = WaveformRecorder(d, spool, RecorderOptions())
+    t0 = now_ns()
+    data = synthetic_waveform(1000, 3)
+    chunks = [(i * 50, data[i * 50:(i + 1) * 50]) for i in range(20)]
+    done = []
+    for seq, (index, chunk) in enumerate(chunks):
+        if seq == 7:
+            continue
+        done += rec.feed(chunk, t0 + int(index * 2e6), index, seq)
+    done += rec.stop()
+    assert rec.stats.lost_messages == 1 and rec.stats.extra["lost_samples"] == 50
+    a, b = files(spool, done)
+    assert np.array_equal(read_samples(a), data[:350])
+    assert np.array_equal(read_samples(b), data[400:])
+    assert a.AcquisitionDateTime < b.AcquisitionDateTime
+
+
+def test_waveform_outside_its_iod_is_refused_up_front(tmp_path):
+    with pytest.raises(DicomOrError, match="sampling_frequency_hz"):
+        WaveformRecorder(example_descriptor("hd", sampling_frequency_hz=1000.0),
+                         Spool(tmp_path), RecorderOptions())
+
+
+def test_pose_occluded_samples_are_counted_and_poses_round_trip(tmp_path):
+    spool = Spool(tmp_path)
+    d = example_descriptor("pose")
+    rec = PoseRecorder(d, spool, RecorderOptions())
+    t0 = now_ns()
+    for i in range(30):
+        for j, tool in enumerate(d.tool_ids):
+            rec.feed(tool, t0 + i * 10_000_000, (0.1 * i, 0.2, -0.3 * j), (0, 0, 0, 1),
+                     visible=not (tool == "pointer" and 10 <= i < 15), sequence=2 * i + j)
+    [uid] = rec.stop()
+    assert rec.stats.occluded == 5 and rec.stats.samples == 55
+    poses = read_pose_sr(files(spool, [uid])[0])
+    times, positions, _ = poses["pointer"]
+    assert len(times) == 25 and positions[-1] == pytest.approx([2.9, 0.2, 0.0], abs=1e-6)
+    with pytest.raises(DicomOrError, match="tool_id"):
+        rec.feed("unknown", t0 + 10**9, (0, 0, 0), (0, 0, 0, 1), True, 100)
+
+
+def test_a_killed_recorder_loses_nothing_it_acknowledged(tmp_path):
+    """In-process version of the SIGKILL test: the recorder object vanishes without
+    closing anything; a new spool finalises the journals."""
+    d_video, d_ecg = example_descriptor("video"), example_descriptor("ecg")
+    spool = Spool(tmp_path)
+    video = VideoRecorder(d_video, spool, RecorderOptions())
+    ecg = WaveformRecorder(d_ecg, spool, RecorderOptions())
+    t0 = now_ns()
+    feed_video(video, 20, t0)
+    data = synthetic_waveform(500, 3)
+    for i in range(10):
+        ecg.feed(data[i * 50:(i + 1) * 50], t0 + i * 100_000_000, i * 50, i)
+    acknowledged = (video.stats.acknowledged, ecg.stats.acknowledged)
+    del video, ecg  # no stop(), no close(): what SIGKILL leaves
+    spool = Spool(tmp_path)
+    report = spool.recover(finalise_journal)
+    assert report.journals_finalised == 2 and acknowledged == (20, 10)
+    by_modality = {ds.Modality: ds for ds in files(spool, report.sop_instance_uids)}
+    assert int(by_modality["ES"].NumberOfFrames) == 20
+    assert np.array_equal(read_samples(by_modality["ECG"]), data)
+    assert spool.counts()[FINAL] == 2 and not list(tmp_path.rglob("*.partial"))
+
+
+def test_messages_skipped_while_stopped_are_not_counted_as_lost(tmp_path):
+    spool = Spool(tmp_path)
+    rec = WaveformRecorder(example_descriptor("ecg"), spool, RecorderOptions())
+    t0 = now_ns()
+    data = synthetic_waveform(1000, 3)
+    rec.feed(data[:50], t0, 0, 0)
+    [first] = rec.stop()
+    rec.feed(data[500:550], t0 + 10**9, 500, 10)   # recording again, 9 messages later
+    rec.feed(data[600:650], t0 + 12 * 10**8, 600, 12)  # one really lost
+    [second] = rec.stop()
+    assert rec.stats.lost_messages == 1
+    assert spool.get(first).state == spool.get(second).state == "final"
