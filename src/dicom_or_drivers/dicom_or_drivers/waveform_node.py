@@ -21,8 +21,9 @@ import time
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from dicom_or_core.context import KIND_WAVEFORM
+from dicom_or_core.context import KIND_WAVEFORM, StreamDescriptor
 from dicom_or_core.errors import DicomOrError
+from dicom_or_core.iod.waveform import iod_for
 from dicom_or_core.synthetic_waveform import (
     GROUPS,
     ChannelGroup,
@@ -111,9 +112,16 @@ class WaveformDriver(Node):
             seed=declare(self, "seed", 0, "Random seed of heart-rate variability"))
         patient.validate()
         for group in groups:
+            # The rate must fit the waveform IOD the recorder will write for this group's
+            # Modality (PS3.3 A.34.x: General ECG 200..1000 Hz, Hemodynamic <= 400 Hz, ...),
+            # so a misconfigured monitor fails at start, not when its recording is refused.
+            iod = iod_for(StreamDescriptor(modality=group.modality,
+                                           channels=group.channels()))
+            low, high = max(iod.min_hz, 1.0), iod.max_hz
             rate = declare(self, f"{group.name}.sampling_hz", group.sampling_hz,
                            f"Sampling frequency of the {group.name} group (Hz)",
-                           check=lambda v: 50.0 <= v <= 2000.0, rule="must be 50..2000 Hz")
+                           check=lambda v, low=low, high=high: low <= v <= high,
+                           rule=f"{iod.name} allows {low:g}..{high:g} Hz")
             group = ChannelGroup(group.name, group.modality, group.labels, rate,
                                  group.description)
             # Each group gets its own model instance with the same parameters and seed:

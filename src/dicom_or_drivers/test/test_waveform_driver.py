@@ -162,6 +162,8 @@ def test_across_processes_ecg_group() -> None:
     (["source:=wfdb"], "wfdb_record"),
     (["source:=wfdb", "wfdb_record:=/no/such/record"], "wfdb_record"),
     (["source:=hl7"], "source"),
+    (["hemodynamic.sampling_hz:=500.0"], "Hemodynamic Waveform allows 1..400 Hz"),
+    (["ecg.sampling_hz:=100.0"], "General ECG Waveform allows 200..1000 Hz"),
 ])
 def test_bad_parameter_exits_1_naming_it(args: list[str], name: str) -> None:
     with ros_context() as context:
