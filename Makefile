@@ -10,6 +10,7 @@ ENV := tools/with_env
 STAMP := $(VENV)/.dicom_or-installed
 DURATION ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
 
 .PHONY: all venv system-deps build test test-packages test-system lint demo bench clean
@@ -60,7 +61,7 @@ demo: system-deps build
 	$(ENV) dicom_or_demo $(if $(DURATION),--duration $(DURATION))
 
 bench: system-deps build
-	$(ENV) python bench/run_all.py
+	$(ENV) python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build install log
