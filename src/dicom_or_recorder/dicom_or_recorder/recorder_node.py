@@ -19,6 +19,10 @@ Interfaces:
 Video is subscribed BEST_EFFORT by default (drivers publish best effort, profile "video");
 ``video_reliable: true`` subscribes with "video_recording" for a driver switched to
 RELIABLE. Lost frames are counted from sequence gaps and kept as gaps in the frame timing.
+Video frames are not encoded in the subscription callback: it hands them to the stream's
+:class:`~dicom_or_recorder.video_queue.VideoEncoderQueue` (``video_queue_frames`` deep),
+whose worker thread encodes and journals them; a full queue drops the frame, counted as
+``dropped_backpressure``, its time kept as a gap.
 SIGINT / SIGTERM -> :meth:`RecorderNode.close` finalises every open segment.
 """
 
@@ -57,6 +61,7 @@ from dicom_or_recorder.segments import (
     finalise_journal,
     recorder_for,
 )
+from dicom_or_recorder.video_queue import VideoEncoderQueue
 from dicom_or_ros.convert import from_msg, time_to_ns
 from dicom_or_ros.graph import (
     IMAGE_FRAME_TYPE,
@@ -100,6 +105,7 @@ class _Followed:
         self.sample_executor: SingleThreadedExecutor | None = None
         self.sample_thread: threading.Thread | None = None
         self.recorder: StreamRecorder | None = None
+        self.video_queue: VideoEncoderQueue | None = None  # video: frames to the encoder
         self.recording = False
         self.foreign_samples = 0
         self.errors = 0
@@ -119,25 +125,28 @@ class RecorderNode(Node):
         self.record_on_start = declare(
             self, "record_on_start", True, "record every followed stream as soon as it is "
             "live (false: wait for a START request)")
-        # String lists default to [""] (an empty list would be typed BYTE_ARRAY by rclpy);
-        # empty entries are ignored.
-        self.kinds = [k for k in declare(
-            self, "kinds", [""], "stream kinds to follow: video, waveform, pose (empty: all)",
-            param_type=strings, check=lambda v: set(v) <= {"", *KIND_OF_TYPE.values()},
-            rule="only video, waveform, pose") if k]
-        self.topics = [t for t in declare(
-            self, "topics", [""], "sample topics to follow (empty: all)", param_type=strings,
-            check=lambda v: all(not t or t.startswith("/") for t in v),
-            rule="fully qualified topic names") if t]
-        self.series_filter = [s for s in declare(
-            self, "series_instance_uids", [""], "Series to follow (empty: all)",
-            param_type=strings) if s]
+        self.kinds = declare(
+            self, "kinds", [], "stream kinds to follow: video, waveform, pose (empty: all)",
+            param_type=strings, check=lambda v: set(v) <= set(KIND_OF_TYPE.values()),
+            rule="only video, waveform, pose")
+        self.topics = declare(
+            self, "topics", [], "sample topics to follow (empty: all)", param_type=strings,
+            check=lambda v: all(t.startswith("/") for t in v),
+            rule="fully qualified topic names")
+        self.series_filter = declare(
+            self, "series_instance_uids", [], "Series to follow (empty: all)",
+            param_type=strings, check=lambda v: all(v), rule="no empty UID")
         self.discovery_period_s = declare(
             self, "discovery_period_s", 1.0, "how often the graph is searched for streams",
             check=lambda v: 0.05 <= v <= 60, rule="must be 0.05..60 s")
         self.video_reliable = declare(
             self, "video_reliable", False, "subscribe video RELIABLE (profile "
             "video_recording; the driver must publish reliable) instead of BEST_EFFORT")
+        self.video_queue_frames = declare(
+            self, "video_queue_frames", 60, "frames a video stream may have waiting for its "
+            "encoder (60: 2 s at 30 fps, 373 MB at 1080p); a frame beyond is dropped and "
+            "counted (dropped_backpressure)", check=lambda v: 1 <= v <= 1000,
+            rule="must be 1..1000")
         options = RecorderOptions(
             max_segment_s=declare(self, "max_segment_s", 60.0, "longest instance (s); "
                                   "longer recordings become more instances of the Series"),
@@ -263,10 +272,18 @@ class RecorderNode(Node):
                         descriptor.series_instance_uid:
                     return
                 if old is not None:  # a new Series on the same topic (driver restarted)
-                    old.stop()
+                    if followed.video_queue is not None:
+                        closing, followed.video_queue = followed.video_queue, None
+                        closing.close()
+                    else:
+                        old.stop()
                 recorder = recorder_for(descriptor, self.spool, self.options)
                 recorder.finaliser = self._finaliser
                 recorder.on_final = self.sender.wake
+                if isinstance(recorder, VideoRecorder):
+                    followed.video_queue = VideoEncoderQueue(
+                        recorder, self.video_queue_frames,
+                        on_error=lambda exc, f=followed: self._refused(f, exc))
                 followed.recorder = recorder
                 followed.recording = self._should_record(descriptor.series_instance_uid)
         except DicomOrError as exc:
@@ -323,15 +340,21 @@ class RecorderNode(Node):
                 return
             try:
                 if isinstance(recorder, VideoRecorder):
+                    # Only a reference to the frame is queued: the encoder thread encodes
+                    # and journals it, this callback never waits for it.
+                    video_queue = followed.video_queue
+                    if video_queue is None:
+                        raise DicomOrError("frame", "the stream's encoder is closed")
                     image = self._image(recorder.descriptor, msg.image)
-                    if not followed.recording:
-                        recorder.latest = (image, time_to_ns(msg.context.acquisition_time))
-                        return
-                    done = recorder.feed(image, time_to_ns(msg.context.acquisition_time),
-                                         msg.context.sequence)
-                elif not followed.recording:
+                    stamp = time_to_ns(msg.context.acquisition_time)
+                    if followed.recording:
+                        video_queue.offer(image, stamp, msg.context.sequence)
+                    else:
+                        video_queue.note_latest(image, stamp)
                     return
-                elif isinstance(recorder, WaveformRecorder):
+                if not followed.recording:
+                    return
+                if isinstance(recorder, WaveformRecorder):
                     samples = np.frombuffer(msg.samples, dtype=np.int16) \
                         if len(msg.samples) else np.zeros(0, np.int16)
                     if msg.channel_count == 0 or samples.size % msg.channel_count:
@@ -349,12 +372,16 @@ class RecorderNode(Node):
                                          msg.context.sequence)
             except (DicomOrError, OSError, ValueError) as exc:
                 followed.errors += 1
-                recorder.stats.last_error = str(exc)
-                self.get_logger().warning(f"{followed.topic.topic}: sample refused: {exc}",
-                                          throttle_duration_sec=5.0)
+                self._refused(followed, exc)
                 return
         if done:
             self.sender.wake()
+
+    def _refused(self, followed: _Followed, exc: Exception) -> None:
+        if followed.recorder is not None:
+            followed.recorder.stats.last_error = str(exc)
+        self.get_logger().warning(f"{followed.topic.topic}: sample refused: {exc}",
+                                  throttle_duration_sec=5.0)
 
     @staticmethod
     def _image(descriptor: ctx.StreamDescriptor, image: Any) -> np.ndarray:
@@ -411,21 +438,15 @@ class RecorderNode(Node):
                     self._record_all = False
                     self._series_override.clear()
                 for f in targets:
-                    with f.lock:
-                        f.recording = False
-                        if f.recorder is not None:
-                            self._series_override[
-                                f.recorder.descriptor.series_instance_uid] = False
-                            uids += f.recorder.stop()
+                    uids += self._stop_stream(f)
                 response.message = f"stopped {len(targets)} stream(s), " \
                                    f"{len(uids)} instance(s) finalised"
             elif request.command == RecordControl.Request.SNAPSHOT:
-                videos = [f for f in targets if isinstance(f.recorder, VideoRecorder)]
+                videos = [f.video_queue for f in targets if f.video_queue is not None]
                 if not videos:
                     raise DicomOrError("series_instance_uids", "no video stream selected")
-                for f in videos:
-                    with f.lock:
-                        uids += f.recorder.snapshot()
+                for video_queue in videos:
+                    uids += video_queue.snapshot()
                 response.message = f"{len(uids)} snapshot(s)"
             else:
                 raise DicomOrError("command", "must be START (1), STOP (2) or SNAPSHOT (3)",
@@ -441,6 +462,19 @@ class RecorderNode(Node):
         response.sop_instance_uids = uids
         return response
 
+    def _stop_stream(self, f: _Followed) -> list[str]:
+        """Stop recording one stream; its open segment is final on return. A video's queued
+        frames are encoded first, outside the stream's lock: its callback is not held up."""
+        with f.lock:
+            f.recording = False  # from here on the callback queues nothing
+            if f.recorder is None:
+                return []
+            self._series_override[f.recorder.descriptor.series_instance_uid] = False
+            if f.video_queue is None:
+                return f.recorder.stop()
+            video_queue = f.video_queue
+        return video_queue.stop()
+
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -449,8 +483,9 @@ class RecorderNode(Node):
         with self._lock:
             followed = list(self._followed.values())
         for f in followed:
+            errors = f.errors + (f.video_queue.errors if f.video_queue else 0)
             entry: dict[str, Any] = {"topic": f.topic.topic, "kind": f.kind,
-                                     "recording": f.recording, "errors": f.errors,
+                                     "recording": f.recording, "errors": errors,
                                      "foreign_samples": f.foreign_samples}
             # Seconds since the last sample: a silent device shows here (None: none yet).
             entry["silent_s"] = round(time.monotonic() - f.last_sample, 1) \
@@ -461,7 +496,7 @@ class RecorderNode(Node):
                              acknowledged=s.acknowledged, samples=s.samples,
                              lost_messages=s.lost_messages, out_of_order=s.out_of_order,
                              occluded=s.occluded, bytes_journaled=s.bytes_journaled,
-                             instances=s.instances, last_error=s.last_error, **s.extra)
+                             instances=s.instances, last_error=s.last_error, **dict(s.extra))
             elif f.refused:
                 entry["refused"] = f.refused
             else:
@@ -513,7 +548,10 @@ class RecorderNode(Node):
             with f.lock:
                 if f.recorder is not None:
                     try:
-                        f.recorder.stop()
+                        if f.video_queue is not None:
+                            f.video_queue.close()  # encodes every frame taken first
+                        else:
+                            f.recorder.stop()
                     except (DicomOrError, OSError, ValueError) as exc:
                         # The journal stays: the next start finalises it.
                         print(f"[recorder] {f.topic.topic}: finalise failed: {exc}",

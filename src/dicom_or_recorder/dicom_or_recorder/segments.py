@@ -126,14 +126,16 @@ class StreamRecorder:
 
     # -- sequence accounting -------------------------------------------------------------
 
-    def _check_sequence(self, sequence: int) -> bool:
-        """Count a gap as lost messages; refuse a message that is not newer."""
+    def _check_sequence(self, sequence: int, excused: int = 0) -> bool:
+        """Count a gap as lost messages; refuse a message that is not newer. ``excused``
+        messages of the gap were dropped on purpose (and counted) by the caller, so they are
+        not lost on the way."""
         last = self._last_sequence
         if last is not None and sequence <= last:
             self.stats.out_of_order += 1
             return False
         if last is not None and sequence > last + 1:
-            self.stats.lost_messages += sequence - last - 1
+            self.stats.lost_messages += max(0, sequence - last - 1 - excused)
         self._last_sequence = sequence
         return True
 
@@ -205,8 +207,11 @@ class VideoRecorder(StreamRecorder):
     kind = "video"
 
     def __init__(self, descriptor: ctx.StreamDescriptor, spool: Spool,
-                 options: RecorderOptions) -> None:
+                 options: RecorderOptions,
+                 encoder_factory: Callable[..., PacketEncoder] = PacketEncoder) -> None:
         super().__init__(descriptor, spool, options)
+        # Builds each segment's encoder (PacketEncoder's signature); tests inject slow ones.
+        self.encoder_factory = encoder_factory
         d = self.descriptor
         self.lossless = options.video_mode == "lossless"
         self.choice = None if self.lossless else choose_codec(d.rows, d.columns,
@@ -221,15 +226,23 @@ class VideoRecorder(StreamRecorder):
         self.latest: tuple[np.ndarray, int] | None = None
         self.latest_before: np.ndarray | None = None
 
-    def feed(self, image: np.ndarray, stamp_ns: int, sequence: int) -> list[str]:
-        """Record one frame (rows x columns [x 3] uint8 in the descriptor's encoding)."""
+    def check_frame(self, image: np.ndarray) -> None:
+        """Refuse a frame whose shape is not the descriptor's."""
         d = self.descriptor
         expected = (d.rows, d.columns) if d.pixel_encoding == "mono8" else \
             (d.rows, d.columns, 3)
         if image.shape != expected:
             raise DicomOrError("frame", f"shape must match the descriptor {expected}",
                                image.shape)
-        if not self._check_sequence(sequence):
+
+    def feed(self, image: np.ndarray, stamp_ns: int, sequence: int,
+             dropped_before: int = 0) -> list[str]:
+        """Record one frame (rows x columns [x 3] uint8 in the descriptor's encoding).
+        ``dropped_before``: frames the caller dropped (and counted) just before this one,
+        which are therefore not counted again as lost messages; their time stays a gap."""
+        self.check_frame(image)
+        d = self.descriptor
+        if not self._check_sequence(sequence, dropped_before):
             return []
         if stamp_ns <= self._last_stamp:
             self.stats.out_of_order += 1
@@ -248,10 +261,10 @@ class VideoRecorder(StreamRecorder):
             self._open(extra)
             if not self.lossless:
                 assert self.choice is not None
-                self._encoder = PacketEncoder(self.choice, d.rows, d.columns,
-                                              d.pixel_encoding, d.nominal_rate_hz,
-                                              self.options.video_quality,
-                                              self.options.video_preset)
+                self._encoder = self.encoder_factory(self.choice, d.rows, d.columns,
+                                                     d.pixel_encoding, d.nominal_rate_hz,
+                                                     self.options.video_quality,
+                                                     self.options.video_preset)
         if self.choice is not None and self.choice.name == "mpeg2" and self._segment_frames:
             # MPEG-2 has a fixed frame grid (PS3.5 8.2.5): snap to the nearest slot and
             # fill the slots of dropped frames with the previous picture.
@@ -269,21 +282,28 @@ class VideoRecorder(StreamRecorder):
             stamp_ns = self._first_ns + round(slot * period)
         self._last_stamp = stamp_ns
         self.latest_before = image
-        self.stats.samples += 1
         if self.lossless:
             self._segment_frames += 1
             self._append(_RAW_REC.pack(stamp_ns, sequence) + np.ascontiguousarray(image)
                          .tobytes())
-            return done
-        self._encode(image, stamp_ns, sequence)
+        else:
+            self._encode(image, stamp_ns, sequence)
+        self.stats.samples += 1
         return done
 
     def _encode(self, image: np.ndarray, stamp_ns: int, sequence: int) -> None:
         assert self._encoder is not None
-        self._segment_frames += 1
-        self._pending.append((stamp_ns, sequence))
         pts = round((stamp_ns - self._first_ns) * PTS_HZ / 1e9)
-        for packet in self._encoder.encode(image, pts):
+        self._pending.append((stamp_ns, sequence))
+        try:
+            packets = self._encoder.encode(image, pts)
+        except BaseException:
+            # The encoder did not take the frame: its stamp must not be paired with the
+            # next frame's packet.
+            self._pending.pop()
+            raise
+        self._segment_frames += 1
+        for packet in packets:
             self._journal_packet(packet)
 
     def _journal_packet(self, packet: _Packet) -> None:
@@ -298,11 +318,13 @@ class VideoRecorder(StreamRecorder):
             self._encoder = None
         self._pending.clear()
 
-    def snapshot(self) -> list[str]:
-        """Write the latest frame as a single-frame instance now."""
-        if self.latest is None:
+    def snapshot(self, frame: tuple[np.ndarray, int] | None = None) -> list[str]:
+        """Write ``frame`` (image, stamp), by default the latest frame fed, as a single-frame
+        instance now."""
+        frame = frame or self.latest
+        if frame is None:
             raise DicomOrError("snapshot", "no frame received yet", self.descriptor.topic)
-        image, stamp = self.latest
+        image, stamp = frame
         self.instance_number += 1
         ds = build_snapshot(self.descriptor, image, stamp, new_uid(), self.instance_number,
                             _now_ns())

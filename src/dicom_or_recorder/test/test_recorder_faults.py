@@ -218,7 +218,9 @@ def test_pacs_down_then_up_delivers_everything_exactly_once(tmp_path):
 
 def test_sigterm_finalises_open_segments_and_exits_0(tmp_path):
     archive = tmp_path / "recordings"
-    d = {"ecg": example_descriptor("ecg")}
+    session = example_session()
+    d = {"ecg": example_descriptor("ecg", session), "video": example_descriptor("video",
+                                                                                session)}
     data = synthetic_waveform(500, 3)
     with ros_context() as rctx:
         pub = StreamPublisher(d, context=rctx)
@@ -230,9 +232,11 @@ def test_sigterm_finalises_open_segments_and_exits_0(tmp_path):
             t0 = now_ns()
             for k in range(10):
                 pub.chunk("ecg", data[k * 50:(k + 1) * 50], t0 + k * 100_000_000, k * 50, k)
-            assert spin_until(ex, lambda: stream_status(pub.status, d["ecg"].topic)
-                              .get("acknowledged") == 10, 30)
-            assert list(archive.rglob("*.dcm")) == []      # segment still open
+                pub.video("video", synthetic_rgb(240, 320, k), t0 + k * FRAME_NS, k)
+            assert spin_until(ex, lambda: all(stream_status(pub.status, x.topic)
+                                              .get("acknowledged") == 10 for x in d.values()),
+                              30), pub.status
+            assert list(archive.rglob("*.dcm")) == []      # segments still open
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         finally:
@@ -240,6 +244,11 @@ def test_sigterm_finalises_open_segments_and_exits_0(tmp_path):
                 proc.kill()
                 proc.wait()
             pub.destroy_node()
-    [path] = archive.rglob("*.dcm")
-    assert np.array_equal(read_samples(pydicom.dcmread(path)), data)
+    by_modality = {ds.Modality: ds for ds in map(pydicom.dcmread, archive.rglob("*.dcm"))}
+    assert set(by_modality) == {"ECG", "ES"}
+    assert np.array_equal(read_samples(by_modality["ECG"]), data)
+    video = by_modality["ES"]
+    assert int(video.NumberOfFrames) == 10
+    assert frame_offsets_ms(video) == pytest.approx([k * FRAME_NS / 1e6 for k in range(10)],
+                                                    abs=1e-3)
     assert not any((archive / ".spool" / "journal").iterdir())

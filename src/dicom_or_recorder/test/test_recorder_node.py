@@ -89,6 +89,9 @@ def test_records_every_kind_with_control_and_status(tmp_path):
                               and stats(rec, d["pose"].topic).get("samples") == 35, 20)
             video = stats(rec, d["video"].topic)
             assert video["lost_messages"] == 1 and video["samples"] == 39
+            # Frames went through the encoder queue: none dropped, none left waiting.
+            assert video["dropped_backpressure"] == 0 and video["queue_capacity"] == 60
+            assert video["acknowledged"] == 39 and video["queued"] == 0
             assert stats(rec, d["pose"].topic)["occluded"] == 5
             assert spin_until(ex, lambda: pub.status is not None and stream_status(
                 pub.status, d["ecg"].topic).get("samples") == 500, 10)
@@ -181,7 +184,7 @@ def test_best_effort_video_from_a_default_driver_is_received(tmp_path):
 
 @pytest.mark.parametrize("param,value", [("video_mode", "vp9"), ("max_segment_s", "0.0"),
                                          ("kinds", "[audio]"), ("pacs_port", "70000"),
-                                         ("video_quality", "99")])
+                                         ("video_quality", "99"), ("video_queue_frames", "0")])
 def test_bad_parameter_exits_1_naming_it(tmp_path, param, value):
     with reserved_domain_id() as domain:
         result = subprocess.run(

@@ -55,8 +55,12 @@ def declare(node: Node, name: str, default: Any, description: str, *,
     value = parameter.value
     if parameter.type_ == Parameter.Type.INTEGER and ptype == Parameter.Type.DOUBLE:
         value = float(value)
-    elif ptype.name.endswith("_ARRAY") and isinstance(value, (list, tuple)) and not value:
-        value = []  # rclpy types an empty list as a byte array; empty fits any array type
+    elif ptype.name.endswith("_ARRAY") and (
+            parameter.type_ == Parameter.Type.NOT_SET
+            or (isinstance(value, (list, tuple)) and not value)):
+        # An empty list has no element type: rclpy types it as a byte array, and rcl's
+        # YAML parser leaves `name: []` in a parameter file unset. Both mean "empty".
+        value = []
     elif parameter.type_ != ptype:
         raise DicomOrError(name, f"must be of type {ptype.name.lower()}, got "
                            f"{parameter.type_.name.lower()}", value)

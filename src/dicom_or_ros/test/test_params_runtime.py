@@ -39,6 +39,23 @@ def test_declare_converts_integer_to_double_and_names_bad_types():
         node.destroy_node()
 
 
+def test_empty_list_in_a_parameter_file_is_an_empty_array(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    names: []\n")
+    with reserved_domain_id() as domain:
+        ctx = rclpy.context.Context()
+        rclpy.init(args=["--ros-args", "--params-file", str(params)], context=ctx,
+                   domain_id=domain)
+        try:
+            node = rclpy.create_node("params_file_test", context=ctx)
+            # rcl leaves `names: []` unset; with an empty default that used to be an error
+            assert declare(node, "names", [], "names",
+                           param_type=Parameter.Type.STRING_ARRAY) == []
+            node.destroy_node()
+        finally:
+            ctx.try_shutdown()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_close_runs_with_the_context_alive_on_stop_signals(stop_signal):
     with reserved_domain_id() as domain:
