@@ -116,7 +116,7 @@ def test_or_graph_discovered_by_findscu_and_recorded_valid(ros_env, tmp_path):
         assert errors == 0, (path.name, lines)
 
 
-@pytest.mark.parametrize("after_s", [1.0, 4.0])
+@pytest.mark.parametrize("after_s", [0.3, 1.5, 4.0])  # importing, starting, recording
 def test_sigint_at_any_moment_leaves_no_orphan_and_no_corrupt_file(ros_env, tmp_path,
                                                                      after_s):
     output = tmp_path / "recordings"

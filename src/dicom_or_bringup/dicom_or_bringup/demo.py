@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from dicom_or_bringup import graph
-from dicom_or_bringup.launcher import ProcessGroup, wait
+from dicom_or_bringup.launcher import STOPPED_CLEANLY, ProcessGroup, wait
 from dicom_or_core.errors import DicomOrError
 from dicom_or_core.paths import config_dir
 from dicom_or_core.peers import dciodvfy, free_tcp_port, have, run_tool
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if worklist is not None:
         worklist[0].terminate()
         worklist[0].wait()
-    failed = {n: c for n, c in codes.items() if c != 0}
+    failed = {n: c for n, c in codes.items() if c not in STOPPED_CLEANLY}
     for name, code in failed.items():
         print(f"demo: node {name} exited with {code}; see {workdir / 'logs' / name}.log",
               file=sys.stderr)

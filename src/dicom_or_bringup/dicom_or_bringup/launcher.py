@@ -3,9 +3,10 @@
 Each node of the resolved graph (:mod:`dicom_or_bringup.graph`, the same description the
 ``*.launch.py`` files use) becomes a child process of its installed console script with the
 same ``--ros-args``: node name, namespace, parameter files, overrides (written to a
-parameter file so values keep their YAML types) and remappings. Stopping is orderly: SIGINT
-to every child (so recorders finalise their files), then SIGTERM after ``grace_s``, then
-SIGKILL; no child outlives the launcher.
+parameter file so values keep their YAML types) and remappings. Stopping is orderly: SIGTERM
+to every child (``run_node`` turns it into a clean stop, so recorders finalise their files;
+a child still importing simply ends, as it has written nothing), then SIGKILL after
+``grace_s``; no child outlives the launcher.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from dicom_or_bringup.graph import NodeSpec
 from dicom_or_core.errors import DicomOrError
 
 _PR_SET_PDEATHSIG = 1
+# Exit codes of a node that stopped because we asked it to: run_node's 0, or SIGTERM's
+# default action before the node had started.
+STOPPED_CLEANLY = (0, -signal.SIGTERM)
 
 
 def _terminate_with_parent() -> None:
@@ -112,20 +116,22 @@ class ProcessGroup:
                 if proc.poll() is not None and proc.returncode != 0}
 
     def stop(self, grace_s: float = 10.0) -> dict[str, int]:
-        """SIGINT everyone, escalate after ``grace_s``; return each child's exit code."""
+        """SIGTERM everyone, SIGKILL after ``grace_s``; return each child's exit code.
+
+        SIGTERM rather than SIGINT: before a node's ``run_node`` has installed its handlers
+        (while Python is still importing), SIGINT would print a KeyboardInterrupt traceback,
+        while SIGTERM's default action ends the process quietly.
+        """
         for proc in self.processes.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.processes.values():
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(sig)
-            deadline = time.monotonic() + 5.0
         for proc in self.processes.values():
-            proc.wait()
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self._tmp.cleanup()
         return {name: proc.returncode for name, proc in self.processes.items()}
 
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = wait(group, options.duration)
     print(f"dicom_or_launch: stopping ({reason})", file=sys.stderr)
     codes = group.stop()
-    failed = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    failed = {n: c for n, c in codes.items() if c not in STOPPED_CLEANLY}
     for name, code in failed.items():
         print(f"dicom_or_launch: {name} exited with {code}", file=sys.stderr)
     return 1 if failed or reason.startswith("node ") else 0
