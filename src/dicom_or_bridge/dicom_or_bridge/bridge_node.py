@@ -39,10 +39,6 @@ from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
 _STRINGS = Parameter.Type.STRING_ARRAY
-# An empty list has no element type (rclpy would call it a byte array); [""] is the usual
-# typed stand-in for "empty" (a parameter file cannot hold [] either). Empty entries are
-# dropped after reading.
-_EMPTY = [""]
 
 
 def _ae_ok(value: str) -> bool:
@@ -67,12 +63,14 @@ class DicomBridgeNode(Node):
                             "published on ~/port)", check=lambda v: 0 <= v < 65536,
                             rule="must be 0..65535")
         p["allowed_calling_ae_titles"] = declare(
-            self, "allowed_calling_ae_titles", _EMPTY, "calling AE titles allowed to "
+            self, "allowed_calling_ae_titles", [], "calling AE titles allowed to "
             "associate; empty = any", param_type=_STRINGS,
-            check=lambda v: all(_ae_ok(a) for a in v if a),
+            check=lambda v: all(_ae_ok(a) for a in v),
             rule="each must be a valid AE title")
-        p["allowed_hosts"] = declare(self, "allowed_hosts", _EMPTY, "peer IP addresses allowed "
-                                     "to associate; empty = any", param_type=_STRINGS)
+        p["allowed_hosts"] = declare(self, "allowed_hosts", [], "peer IP addresses allowed "
+                                     "to associate; empty = any", param_type=_STRINGS,
+                                     check=lambda v: all(h.strip() for h in v),
+                                     rule="entries must not be empty")
         p["max_associations"] = declare(self, "max_associations", 64, "concurrent "
                                         "associations; more are rejected (transient)",
                                         check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
@@ -91,7 +89,7 @@ class DicomBridgeNode(Node):
         p["max_matches"] = declare(self, "max_matches", 10000, "C-FIND stops with 0xA700 "
                                    "beyond this many matches", check=lambda v: v >= 1,
                                    rule="must be >= 1")
-        move = declare(self, "move_destinations", _EMPTY, "C-MOVE destinations, AE@host:port",
+        move = declare(self, "move_destinations", [], "C-MOVE destinations, AE@host:port",
                        param_type=_STRINGS)
         p["tls_cert"] = declare(self, "tls_cert", "", "PEM certificate: enables DICOM TLS")
         p["tls_key"] = declare(self, "tls_key", "", "PEM private key of tls_cert")
@@ -106,14 +104,11 @@ class DicomBridgeNode(Node):
         rescan = declare(self, "archive_rescan_s", 1.0, "archive rescan period, seconds",
                          check=lambda v: 0 <= v <= 3600, rule="must be 0..3600")
         self._snapshot_timeout = declare(
-            self, "snapshot_timeout_s", 2.0, "C-GET of a live video series: how long to "
-            "wait for a frame to snapshot; 0 disables snapshots",
+            self, "snapshot_timeout_s", 2.0, "C-GET / C-MOVE of a live video series: how "
+            "long to wait for a frame to snapshot; 0 disables snapshots",
             check=lambda v: 0 <= v <= 30, rule="must be 0..30 s")
-        # A parameter file cannot hold an empty list; [""] is the usual stand-in.
-        for key in ("allowed_calling_ae_titles", "allowed_hosts"):
-            p[key] = [v for v in p[key] if v]
         destinations = {}
-        for entry in (m for m in move if m):
+        for entry in move:
             ae, host, port = parse_destination(entry)
             destinations[ae] = (host, port)
         config = ScpConfig(move_destinations=destinations, **p)

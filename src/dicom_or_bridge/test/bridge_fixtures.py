@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import time
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_or_bridge.scp import BridgeScp, ScpConfig
+from dicom_or_bridge.scp import BridgeScp, ScpConfig, SnapshotProvider
 from dicom_or_core import context as ctx
+from dicom_or_core.peers import free_tcp_port, run_tool
 from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -90,15 +93,47 @@ def write_instance(root: Path, study: str = STUDY, series: str = VIDEO_SERIES,
     return path
 
 
+# pynetdicom can install same-named apps (findscu, getscu, storescp, ...) into the venv's bin,
+# ahead of dcmtk's on PATH: name dcmtk's binaries by their full path.
+DCMTK = Path("/usr/bin")
+
+
+def tool(name: str) -> str:
+    """Full path of a dcmtk binary."""
+    return str(DCMTK / name)
+
+
+@contextlib.contextmanager
+def storescp(out: Path):
+    """dcmtk's storescp (AE STORESCP) writing into ``out``; yields its port once it answers
+    C-ECHO."""
+    port = free_tcp_port()
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([tool("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while run_tool([tool("echoscu"), "-aec", "STORESCP", "127.0.0.1", str(port)],
+                       timeout_s=10).returncode != 0:
+            assert proc.poll() is None, "storescp exited"
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def running_scp(archive: Path | None = None, streams: list | None = None,
-                **config: object):
-    """A started BridgeScp on 127.0.0.1:<free port> over the given streams and archive."""
+                snapshot: SnapshotProvider | None = None, **config: object):
+    """A started BridgeScp on 127.0.0.1:<free port> over the given streams and archive;
+    ``snapshot`` stands in for the node's live-frame grabber."""
     store = ModelStore(ArchiveIndex(archive) if archive else None, domain_id=0,
                        retrieve_ae_title="DICOM_OR", archive_rescan_s=0.0)
     store.set_streams([LiveStream(d) for d in (streams if streams is not None
                                                else [video(), ecg()])])
-    scp = BridgeScp(store, ScpConfig(**config), logging.getLogger("test.scp"))
+    scp = BridgeScp(store, ScpConfig(**config), logging.getLogger("test.scp"), snapshot=snapshot)
     scp.start()
     try:
         yield scp

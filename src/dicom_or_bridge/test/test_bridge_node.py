@@ -8,13 +8,14 @@ import threading
 import time
 
 import pytest
-from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, video
+from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, storescp, tool, video
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 from rclpy.executors import SingleThreadedExecutor
 
 from dicom_or_bridge.bridge_node import DicomBridgeNode
+from dicom_or_core.peers import have, run_tool
 from dicom_or_msgs.msg import DeviceStatus, ImageFrame, WaveformChunk
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import to_msg
@@ -99,6 +100,10 @@ def start_stream(driver, descriptor, msg_type):
 def test_streams_appear_and_disappear_within_one_second(graph):
     bridge, driver = graph
     assert bridge.scp.port > 0
+    # List parameters default to real empty lists (no [""] stand-in): allow any peer.
+    config = bridge.scp.config
+    assert (config.allowed_calling_ae_titles, config.allowed_hosts,
+            config.move_destinations) == ([], [], {})
     from std_msgs.msg import UInt16
     ports = []
     driver.create_subscription(UInt16, "/dicom_bridge/port", lambda m: ports.append(m.data),
@@ -146,6 +151,8 @@ def test_device_status_marks_stale_and_lost_streams(graph):
     (["-p", "port:=70000"], "port"),
     (["-p", "ae_title:=THIS_AE_TITLE_IS_TOO_LONG"], "ae_title"),
     (["-p", "move_destinations:=[nonsense]"], "move_destinations"),
+    (["-p", "allowed_calling_ae_titles:=['']"], "allowed_calling_ae_titles"),
+    (["-p", "allowed_hosts:=[' ']"], "allowed_hosts"),
     (["-p", "max_associations:=0"], "max_associations"),
     (["-p", "tls_cert:=/nonexistent.pem", "-p", "tls_key:=/nonexistent.pem"], "tls_cert"),
 ])
@@ -217,6 +224,38 @@ def test_c_get_of_a_live_video_series_returns_a_snapshot_of_the_current_frame(gr
     (image,) = received
     assert image.SeriesInstanceUID == VIDEO_SERIES
     assert (image.Rows, image.Columns, image.PhotometricInterpretation) == (4, 5, "RGB")
+    assert image.PixelData == pixels.tobytes()
+
+
+def test_c_move_of_a_live_video_series_delivers_the_current_frame_to_storescp(graph, tmp_path):
+    """The full loop with real peers: a frame published on ROS reaches dcmtk's storescp as a
+    DICOM image through a dcmtk movescu C-MOVE of the live Series."""
+    import numpy as np
+    from pydicom import dcmread
+
+    if not have(tool("movescu")):
+        pytest.skip("dcmtk is not installed")
+    bridge, driver = graph
+    _, frames = start_stream(driver, video(), ImageFrame)
+    pixels = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8)
+    frame = ImageFrame()
+    frame.image.encoding, frame.image.width, frame.image.height = "mono8", 8, 6
+    frame.image.step, frame.image.data = 8, pixels.tobytes()
+    driver.create_timer(0.05, lambda: frames.publish(frame))
+    assert wait_for(lambda: VIDEO_SERIES in series_descriptions(bridge.scp.port), 10.0) \
+        is not None
+    received = tmp_path / "received"
+    with storescp(received) as store_port:
+        bridge.scp.config.move_destinations["STORESCP"] = ("127.0.0.1", store_port)
+        result = run_tool([tool("movescu"), "-S", "-aec", "DICOM_OR", "-aem", "STORESCP",
+                           "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={STUDY}",
+                           "-k", f"SeriesInstanceUID={VIDEO_SERIES}", "127.0.0.1",
+                           str(bridge.scp.port)], timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    (image,) = [dcmread(p) for p in received.iterdir()]
+    assert image.SeriesInstanceUID == VIDEO_SERIES and image.Modality == "ES"
+    assert (image.Rows, image.Columns, image.PhotometricInterpretation) == \
+        (6, 8, "MONOCHROME2")
     assert image.PixelData == pixels.tobytes()
 
 

@@ -4,9 +4,9 @@ wildcard and range queries), getscu, and movescu into a storescp."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bridge_fixtures import (
     ECG_SERIES,
@@ -14,20 +14,17 @@ from bridge_fixtures import (
     STUDY,
     VIDEO_SERIES,
     running_scp,
+    storescp,
+    tool,
+    video,
     write_instance,
 )
 from pydicom import dcmread
 
-from dicom_or_core.peers import free_tcp_port, have, run_tool
+from dicom_or_bridge.snapshot import snapshot_dataset
+from dicom_or_core.peers import have, run_tool
 
-# pynetdicom can install same-named apps (findscu, getscu, ...) into the venv's bin, ahead of
-# dcmtk's on PATH: name dcmtk's binaries by their full path.
-DCMTK = Path("/usr/bin")
-pytestmark = pytest.mark.skipif(not have(str(DCMTK / "findscu")), reason="dcmtk is not installed")
-
-
-def tool(name: str) -> str:
-    return str(DCMTK / name)
+pytestmark = pytest.mark.skipif(not have(tool("findscu")), reason="dcmtk is not installed")
 
 
 def findscu(port: int, out: Path, model: str, *keys: str) -> tuple[int, list]:
@@ -118,30 +115,125 @@ def test_getscu_series(bridge, tmp_path):
 
 def test_movescu_into_storescp(bridge, tmp_path):
     scp, _ = bridge
-    store_port = free_tcp_port()
-    scp.config.move_destinations["STORESCP"] = ("127.0.0.1", store_port)
     received = tmp_path / "received"
-    received.mkdir()
-    storescp = subprocess.Popen([tool("storescp"), "-aet", "STORESCP", "-od", str(received),
-                                 str(store_port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while run_tool([tool("echoscu"), "-aec", "STORESCP", "127.0.0.1", str(store_port)],
-                       timeout_s=10).returncode != 0:
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)
-        result = run_tool([tool("movescu"), "-P", "-aec", "DICOM_OR", "-aem", "STORESCP",
-                           "-k", "QueryRetrieveLevel=IMAGE", "-k", f"PatientID={PATIENT_ID}",
-                           "-k", f"StudyInstanceUID={STUDY}",
-                           "-k", f"SeriesInstanceUID={VIDEO_SERIES}",
-                           "-k", "SOPInstanceUID=1.2.826.0.1.3680043.8.498.500.1",
-                           "127.0.0.1", str(scp.port)], timeout_s=60)
-        assert result.returncode == 0, result.stderr
-        files = list(received.iterdir())
-        assert [dcmread(p).SOPInstanceUID for p in files] == \
-            ["1.2.826.0.1.3680043.8.498.500.1"]
-    finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
-        scp.config.move_destinations.pop("STORESCP", None)
+    with storescp(received) as store_port:
+        scp.config.move_destinations["STORESCP"] = ("127.0.0.1", store_port)
+        try:
+            result = run_tool([tool("movescu"), "-P", "-aec", "DICOM_OR", "-aem", "STORESCP",
+                               "-k", "QueryRetrieveLevel=IMAGE", "-k", f"PatientID={PATIENT_ID}",
+                               "-k", f"StudyInstanceUID={STUDY}",
+                               "-k", f"SeriesInstanceUID={VIDEO_SERIES}",
+                               "-k", "SOPInstanceUID=1.2.826.0.1.3680043.8.498.500.1",
+                               "127.0.0.1", str(scp.port)], timeout_s=60)
+        finally:
+            scp.config.move_destinations.pop("STORESCP", None)
+    assert result.returncode == 0, result.stderr
+    files = list(received.iterdir())
+    assert [dcmread(p).SOPInstanceUID for p in files] == ["1.2.826.0.1.3680043.8.498.500.1"]
+
+
+def test_movescu_of_a_live_video_series_delivers_archive_and_current_frame(tmp_path):
+    """SERIES-level C-MOVE of a live video Series: its archived instances plus a snapshot of
+    the current frame (what C-GET also returns), stored by a real storescp."""
+    archive = tmp_path / "archive"
+    archived = write_instance(archive, sop="1.2.826.0.1.3680043.8.498.600.1")
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    asked = []
+
+    def current_frame(series_uid: str):
+        asked.append(series_uid)
+        return snapshot_dataset(video(), pixels)
+
+    received = tmp_path / "received"
+    with storescp(received) as store_port, \
+            running_scp(archive, snapshot=current_frame,
+                        move_destinations={"STORESCP": ("127.0.0.1", store_port)}) as scp:
+        result = run_tool([tool("movescu"), "-v", "-S", "-aec", "DICOM_OR", "-aem", "STORESCP",
+                           "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={STUDY}",
+                           "-k", f"SeriesInstanceUID={VIDEO_SERIES}", "127.0.0.1",
+                           str(scp.port)], timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert asked == [VIDEO_SERIES]  # the ECG Series is live but not video: no snapshot
+    # Success (not 0xB000 warning): both sub-operations completed.
+    assert "Received Final Move Response (Success)" in result.stderr + result.stdout
+    got = [dcmread(p) for p in received.iterdir()]
+    assert len(got) == 2
+    assert sorted(str(ds.SOPInstanceUID) for ds in got if ds.ConversionType == "WSD") == \
+        [dcmread(archived).SOPInstanceUID]
+    (snap,) = [ds for ds in got if ds.ConversionType == "DV"]
+    assert snap.SeriesInstanceUID == VIDEO_SERIES and snap.StudyInstanceUID == STUDY
+    assert (snap.Rows, snap.Columns, snap.PhotometricInterpretation) == (4, 6, "RGB")
+    assert snap.PixelData == pixels.tobytes()
+
+
+def _make_pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a server certificate (localhost / 127.0.0.1) and a client certificate, both
+    signed by the CA, made with the openssl CLI."""
+    f = {name: tmp_path / f"{name}.pem" for name in
+         ("ca", "ca_key", "server", "server_key", "client", "client_key", "rogue",
+          "rogue_key")}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    for name in ("ca", "rogue"):  # "rogue": a self-signed CA the bridge does not trust
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                str(f[f"{name}_key"]), "-out", str(f[name]), "-days", "1", "-subj",
+                f"/CN=dicom_or test {name}")
+    ext = tmp_path / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, cn, issuer in (("server", "localhost", "ca"), ("client", "FINDSCU", "ca")):
+        csr = tmp_path / f"{name}.csr"
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                str(f[f"{name}_key"]), "-out", str(csr), "-subj", f"/CN={cn}")
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(f[issuer]), "-CAkey",
+                str(f[f"{issuer}_key"]), "-CAcreateserial", "-out", str(f[name]), "-days", "1",
+                *(["-extfile", str(ext)] if name == "server" else []))
+    return f
+
+
+def _dcmtk_has_tls() -> bool:
+    # findscu --version lists "OpenSSL" among its external libraries when built with TLS.
+    result = run_tool([tool("findscu"), "--version"], timeout_s=30)
+    return "openssl" in (result.stdout + result.stderr).lower()
+
+
+def test_findscu_over_dicom_tls(tmp_path):
+    """dcmtk findscu +tls against the bridge with mutual authentication (PS3.15 B.1): the
+    bridge's certificate and the client's are signed by a test CA; a client without a
+    certificate, and a client that does not trust the bridge's CA, are refused."""
+    if not _dcmtk_has_tls():
+        pytest.skip("this dcmtk is built without OpenSSL (findscu --version)")
+    pki = _make_pki(tmp_path)
+    with running_scp(tls_cert=str(pki["server"]), tls_key=str(pki["server_key"]),
+                     tls_ca=str(pki["ca"])) as scp:
+        def find(*tls: str) -> tuple[int, list]:
+            out = tmp_path / "out"
+            out.mkdir(exist_ok=True)
+            for old in out.glob("rsp*.dcm"):
+                old.unlink()
+            result = run_tool([tool("findscu"), "-S", "-aet", "FINDSCU", "-aec", "DICOM_OR",
+                               *tls, "-X", "-od", str(out), "-k", "QueryRetrieveLevel=SERIES",
+                               "-k", f"StudyInstanceUID={STUDY}", "-k", "Modality",
+                               "-k", "RetrieveURL", "127.0.0.1", str(scp.port)], timeout_s=60)
+            return result.returncode, [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+        code, answers = find("+tls", str(pki["client_key"]), str(pki["client"]),
+                             "+cf", str(pki["ca"]))
+        assert code == 0
+        assert {str(a.Modality) for a in answers} == {"ES", "ECG"}
+        assert all(str(a.RetrieveURL).startswith("ros2:") for a in answers)
+        # No client certificate: the bridge requires one (tls_ca is set).
+        code, answers = find("+tla", "+cf", str(pki["ca"]))
+        assert code != 0 and answers == []
+        # The client does not trust the bridge's CA: dcmtk refuses the handshake.
+        code, answers = find("+tls", str(pki["client_key"]), str(pki["client"]),
+                             "+cf", str(pki["rogue"]))
+        assert code != 0 and answers == []
+        # A client certificate from a CA the bridge does not know is refused as well.
+        code, answers = find("+tls", str(pki["rogue_key"]), str(pki["rogue"]),
+                             "+cf", str(pki["ca"]))
+        assert code != 0 and answers == []
+        # Plain TCP to a TLS port gets nothing.
+        code, answers = find()
+        assert code != 0 and answers == []

@@ -395,3 +395,84 @@ def test_silent_peer_is_disconnected_by_the_acse_timeout():
             reply = sock.recv(64)
             assert reply == b"" or reply[:1] == b"\x07"  # closed, or A-ABORT then closed
         assert echo_ok(scp.port)
+
+
+def test_c_cancel_stops_a_long_c_find_and_the_bridge_keeps_serving():
+    """PS3.7 9.3.2.3: a C-CANCEL-RQ during a C-FIND with many matches ends it with status
+    Cancel (0xFE00) long before the last match; the association and the bridge go on."""
+    from bridge_fixtures import video
+
+    n = 2000
+    streams = [video(uid=f"{VIDEO_SERIES}.{i}", topic=f"/or/cam{i}/frames") for i in range(n)]
+    with running_scp(streams=streams) as scp:
+        ae = scu(sc.Verification, STUDY_FIND)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert assoc.is_established
+        context_id = next(cx.context_id for cx in assoc.accepted_contexts
+                          if cx.abstract_syntax == STUDY_FIND)
+        query = ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                      SeriesInstanceUID="", RetrieveURL="")
+        pending, final = 0, None
+        for status, _ in assoc.send_c_find(query, STUDY_FIND, msg_id=7):
+            assert status, "no response (timeout or abort)"
+            if status.Status == 0xFF00:
+                pending += 1
+                if pending == 1:
+                    assoc.send_c_cancel(7, context_id)
+            else:
+                final = status.Status
+        assert final == 0xFE00, pending
+        assert 1 <= pending < n, pending
+        # The same association still answers, completely.
+        one = f"{VIDEO_SERIES}.{n - 1}"
+        statuses = [(s.Status, a) for s, a in assoc.send_c_find(
+            ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                  SeriesInstanceUID=one), STUDY_FIND, msg_id=8)]
+        assert [s for s, _ in statuses] == [0xFF00, 0x0000]
+        assert statuses[0][1].SeriesInstanceUID == one
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        # And so does the bridge, to a new association.
+        status, answers = find(scp.port, ident(QueryRetrieveLevel="SERIES",
+                                               StudyInstanceUID=STUDY,
+                                               SeriesInstanceUID=one))
+        assert status.Status == 0x0000 and len(answers) == 1
+
+
+def test_c_move_of_a_live_video_series_without_a_frame_is_a_failed_sub_operation(tmp_path):
+    """No current frame (camera silent): the snapshot sub-operation fails, the archived
+    instances still arrive, and the final status is Warning 0xB000 (PS3.4 C.4.2.1.5); with
+    nothing else to send, Failure 0xC000. The association goes on."""
+    from bridge_fixtures import video
+
+    other = f"{VIDEO_SERIES}.2"
+    write_instance(tmp_path, sop="1.2.3.6.1")
+    received = []
+    store_ae = AE(ae_title="STORE_SCP")
+    for context in StoragePresentationContexts:
+        store_ae.add_supported_context(context.abstract_syntax)
+    server = store_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda e: received.append(e.dataset.SOPInstanceUID) or 0)])
+    move = sc.StudyRootQueryRetrieveInformationModelMove
+    try:
+        with running_scp(tmp_path, streams=[video(), video(uid=other, topic="/or/cam2/frames")],
+                         snapshot=lambda uid: None, move_destinations={
+                             "STORE_SCP": ("127.0.0.1", server.server_address[1])}) as scp:
+            assoc = scu(sc.Verification, move).associate("127.0.0.1", scp.port,
+                                                        ae_title="DICOM_OR")
+
+            def final(series_uid):
+                responses = list(assoc.send_c_move(
+                    ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                          SeriesInstanceUID=series_uid), "STORE_SCP", move))
+                status = responses[-1][0]
+                return (status.Status, status.NumberOfCompletedSuboperations,
+                        status.NumberOfFailedSuboperations)
+
+            assert final(VIDEO_SERIES) == (0xB000, 1, 1)
+            assert received == ["1.2.3.6.1"]
+            assert final(other) == (0xC000, 0, 1)
+            assert assoc.send_c_echo().Status == 0x0000
+            assoc.release()
+    finally:
+        server.shutdown()
