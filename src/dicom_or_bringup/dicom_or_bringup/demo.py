@@ -25,7 +25,13 @@ import threading
 from pathlib import Path
 
 from dicom_or_bringup import graph
-from dicom_or_bringup.launcher import STOPPED_CLEANLY, ProcessGroup, wait
+from dicom_or_bringup.launcher import (
+    STOPPED_CLEANLY,
+    ProcessGroup,
+    StopSignals,
+    parse_launch_arguments,
+    wait,
+)
 from dicom_or_core.errors import DicomOrError
 from dicom_or_core.paths import config_dir
 from dicom_or_core.peers import dciodvfy, free_tcp_port, have, run_tool
@@ -121,25 +127,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: worklist SCP (wlmscpfs) on 127.0.0.1:{worklist[1]} AE {WORKLIST_AE}")
     else:
         print("demo: dcmtk not installed; session context from config/session_context.yaml")
-    from dicom_or_bringup.launcher import parse_launch_arguments
-
     try:
         given.update(parse_launch_arguments(options.arguments))
         specs = graph.resolve("or_demo", given)
         group = ProcessGroup(specs, log_dir=workdir / "logs")
+        signals = StopSignals()
         group.start()
     except DicomOrError as exc:
         print(f"dicom_or_demo: {exc}", file=sys.stderr)
+        if worklist is not None:
+            worklist[0].terminate()
         return 1
-    print(f"demo: {len(specs)} nodes started, logs in {workdir / 'logs'}; bridge DICOM_OR@"
-          f"127.0.0.1:11112; Ctrl-C to stop")
+    print(f"demo: {len(specs)} nodes started, logs in {workdir / 'logs'}; bridge "
+          f"{given['bridge_ae']}@{given['bridge_host']}:{given['bridge_port']}; Ctrl-C to stop")
     stop = threading.Event()
     status_thread(dict(os.environ), stop)
-    reason = wait(group, options.duration)
+    reason = wait(group, options.duration, signals)
     stop.set()
-    found = show_session("127.0.0.1", int(given["bridge_port"]), given["bridge_ae"])
+    found = show_session(given["bridge_host"], int(given["bridge_port"]), given["bridge_ae"])
     print(f"\ndemo: stopping ({reason}); the recorder finalises its files")
     codes = group.stop(grace_s=20.0)
+    signals.restore()
     if worklist is not None:
         worklist[0].terminate()
         worklist[0].wait()

@@ -126,38 +126,54 @@ class ProcessGroup:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for proc in self.processes.values():
+        for name, proc in self.processes.items():
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                print(f"dicom_or_launch: {name} did not stop in {grace_s:g} s; its stacks "
+                      "follow (SIGUSR1), then SIGKILL", file=sys.stderr)
+                proc.send_signal(signal.SIGUSR1)
+                try:
+                    proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         self._tmp.cleanup()
         return {name: proc.returncode for name, proc in self.processes.items()}
 
 
-def wait(group: ProcessGroup, duration_s: float | None) -> str:
-    """Block until ``duration_s`` passes, a node fails, or SIGINT / SIGTERM arrive."""
-    stop = {"reason": ""}
+class StopSignals:
+    """From creation on, SIGINT and SIGTERM only record that a stop was asked for.
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["reason"] = signal.Signals(signum).name
+    Created before any node starts, so a Ctrl-C while the graph is still starting is an
+    orderly stop too, never a KeyboardInterrupt half-way through spawning children.
+    """
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        end = None if duration_s is None else time.monotonic() + duration_s
-        while not stop["reason"]:
-            if end is not None and time.monotonic() >= end:
-                return "duration"
-            failed = group.failed()
-            if failed:
-                name, code = next(iter(failed.items()))
-                return f"node {name} exited with {code}"
-            time.sleep(0.2)
-        return stop["reason"]
-    finally:
-        for sig, handler in previous.items():
+    def __init__(self) -> None:
+        self.reason = ""
+        self._previous = {sig: signal.signal(sig, self._on_signal)
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def wait(group: ProcessGroup, duration_s: float | None, signals: StopSignals) -> str:
+    """Block until ``duration_s`` passes, a node fails, or a stop signal was received."""
+    end = None if duration_s is None else time.monotonic() + duration_s
+    while not signals.reason:
+        if end is not None and time.monotonic() >= end:
+            return "duration"
+        failed = group.failed()
+        if failed:
+            name, code = next(iter(failed.items()))
+            return f"node {name} exited with {code}"
+        time.sleep(0.2)
+    return signals.reason
 
 
 def parse_launch_arguments(items: list[str]) -> dict[str, str]:
@@ -202,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = write_overrides(spec, Path(group._tmp.name))
                 print(" ".join([str(executable_path(spec)), *ros_args(spec, overrides)]))
             return 0
+        signals = StopSignals()
         group.start()
     except DicomOrError as exc:
         print(f"dicom_or_launch: {exc}", file=sys.stderr)
         return 1
-    reason = wait(group, options.duration)
+    reason = wait(group, options.duration, signals)
     print(f"dicom_or_launch: stopping ({reason})", file=sys.stderr)
     codes = group.stop()
+    signals.restore()
     failed = {n: c for n, c in codes.items() if c not in STOPPED_CLEANLY}
     for name, code in failed.items():
         print(f"dicom_or_launch: {name} exited with {code}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import os
 import signal
 import sys
@@ -84,6 +85,9 @@ def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int
     from rclpy.signals import SignalHandlerOptions
 
     apply_transport_defaults()
+    # A launcher that finds a node not stopping sends SIGUSR1 before SIGKILL: the node's
+    # threads' stacks then land in its log, so a hang can be diagnosed, not just killed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
