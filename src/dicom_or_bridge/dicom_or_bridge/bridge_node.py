@@ -12,7 +12,6 @@ SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr_model`).
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import sys
 import threading
@@ -204,9 +203,8 @@ class DicomBridgeNode(Node):
         pixels = frame_pixels(image.encoding, image.width, image.height, image.step,
                               bytes(image.data))
         stamp = got[0].context.acquisition_time
-        acquired = _dt.datetime.fromtimestamp(stamp.sec + stamp.nanosec * 1e-9) \
-            if stamp.sec else None
-        return snapshot_dataset(descriptor, pixels, acquired)
+        acquired_ns = stamp.sec * 1_000_000_000 + stamp.nanosec if stamp.sec else None
+        return snapshot_dataset(descriptor, pixels, image.encoding, acquired_ns)
 
     def close(self) -> None:
         self.scp.stop()

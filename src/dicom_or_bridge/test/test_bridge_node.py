@@ -208,9 +208,9 @@ def test_c_get_of_a_live_video_series_returns_a_snapshot_of_the_current_frame(gr
     ae = AE(ae_title="TEST_SCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(get)
-    ae.add_requested_context(sc.SecondaryCaptureImageStorage)
+    ae.add_requested_context(sc.VLEndoscopicImageStorage)   # the ES live snapshot's class
     assoc = ae.associate("127.0.0.1", bridge.scp.port, ae_title="DICOM_OR",
-                         ext_neg=[build_role(sc.SecondaryCaptureImageStorage, scp_role=True)],
+                         ext_neg=[build_role(sc.VLEndoscopicImageStorage, scp_role=True)],
                          evt_handlers=[(evt.EVT_C_STORE,
                                         lambda e: received.append(e.dataset) or 0)])
     assert assoc.is_established
@@ -254,9 +254,9 @@ def test_c_move_of_a_live_video_series_delivers_the_current_frame_to_storescp(gr
     assert result.returncode == 0, result.stderr
     (image,) = [dcmread(p) for p in received.iterdir()]
     assert image.SeriesInstanceUID == VIDEO_SERIES and image.Modality == "ES"
-    assert (image.Rows, image.Columns, image.PhotometricInterpretation) == \
-        (6, 8, "MONOCHROME2")
-    assert image.PixelData == pixels.tobytes()
+    # A VL Endoscopic Image is colour (PS3.3 A.32.1): a mono8 frame is stored as grey RGB.
+    assert (image.Rows, image.Columns, image.PhotometricInterpretation) == (6, 8, "RGB")
+    assert image.PixelData == np.repeat(pixels[..., None], 3, axis=2).tobytes()
 
 
 def _driver_script(name: str) -> str:

@@ -142,7 +142,7 @@ def test_movescu_of_a_live_video_series_delivers_archive_and_current_frame(tmp_p
 
     def current_frame(series_uid: str):
         asked.append(series_uid)
-        return snapshot_dataset(video(), pixels)
+        return snapshot_dataset(video(), pixels, "rgb8")
 
     received = tmp_path / "received"
     with storescp(received) as store_port, \
@@ -158,9 +158,10 @@ def test_movescu_of_a_live_video_series_delivers_archive_and_current_frame(tmp_p
     assert "Received Final Move Response (Success)" in result.stderr + result.stdout
     got = [dcmread(p) for p in received.iterdir()]
     assert len(got) == 2
-    assert sorted(str(ds.SOPInstanceUID) for ds in got if ds.ConversionType == "WSD") == \
-        [dcmread(archived).SOPInstanceUID]
-    (snap,) = [ds for ds in got if ds.ConversionType == "DV"]
+    archived_sop = dcmread(archived).SOPInstanceUID
+    assert archived_sop in [ds.SOPInstanceUID for ds in got]
+    (snap,) = [ds for ds in got if ds.SOPInstanceUID != archived_sop]
+    assert snap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.1"  # VL Endoscopic Image
     assert snap.SeriesInstanceUID == VIDEO_SERIES and snap.StudyInstanceUID == STUDY
     assert (snap.Rows, snap.Columns, snap.PhotometricInterpretation) == (4, 6, "RGB")
     assert snap.PixelData == pixels.tobytes()

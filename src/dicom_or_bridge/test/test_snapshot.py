@@ -1,4 +1,5 @@
-"""A live frame as a DICOM Secondary Capture image: pixel layout rules and dciodvfy."""
+"""A live frame as a DICOM image (VL Endoscopic for ES, else Secondary Capture): pixel
+layout rules and dciodvfy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dicom_or_core.peers import dciodvfy, have
 def test_rgb_bgr_mono_and_row_padding():
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     assert (frame_pixels("rgb8", 3, 2, 9, rgb.tobytes()) == rgb).all()
-    assert (frame_pixels("bgr8", 3, 2, 9, rgb[:, :, ::-1].tobytes()) == rgb).all()
+    assert (frame_pixels("bgr8", 3, 2, 9, rgb.tobytes()) == rgb).all()  # own channel order
     padded = np.zeros((2, 12), np.uint8)
     padded[:, :9] = rgb.reshape(2, 9)
     assert (frame_pixels("rgb8", 3, 2, 12, padded.tobytes()) == rgb).all()
@@ -31,14 +32,21 @@ def test_bad_frames_are_errors(args):
 
 
 @pytest.mark.skipif(not have("dciodvfy"), reason="dicom3tools is not installed")
-def test_snapshot_is_a_valid_sc_image_in_the_live_series(tmp_path):
+@pytest.mark.parametrize("modality,sop_class", [
+    ("ES", "1.2.840.10008.5.1.4.1.1.77.1.1"),   # VL Endoscopic Image
+    ("XC", "1.2.840.10008.5.1.4.1.1.7"),        # Secondary Capture Image
+])
+def test_snapshot_is_a_valid_image_in_the_live_series(tmp_path, modality, sop_class):
     pixels = np.random.default_rng(1).integers(0, 255, (8, 6, 3), dtype=np.uint8)
-    ds = snapshot_dataset(video(), pixels)
+    descriptor = video()
+    descriptor.modality = modality
+    ds = snapshot_dataset(descriptor, pixels[:, :, ::-1], "bgr8", 1_795_550_000_000_000_000)
     path = tmp_path / "snap.dcm"
     ds.save_as(path, enforce_file_format=True)
     back = dcmread(path)
-    assert back.SeriesInstanceUID == VIDEO_SERIES and back.Modality == "ES"
+    assert back.SOPClassUID == sop_class
+    assert back.SeriesInstanceUID == VIDEO_SERIES and back.Modality == modality
     assert (back.Rows, back.Columns, back.PhotometricInterpretation) == (8, 6, "RGB")
-    assert (back.pixel_array == pixels).all()
+    assert (back.pixel_array == pixels).all()  # BGR frame stored as RGB
     errors, lines = dciodvfy(path)
     assert errors == 0, lines
