@@ -146,6 +146,43 @@ def test_file_source_without_loop_ends_in_source_lost(tmp_path) -> None:
             probe.close()
 
 
+def test_network_url_source_streams_frames_from_a_real_http_server(tmp_path) -> None:
+    """A URL source through OpenCV's FFmpeg backend, against a real HTTP server on
+    loopback serving a clip: frames arrive in order, the pixel code band matching the
+    stamped sequence; when the server's stream ends the driver says so and retries."""
+    import functools
+    import http.server
+    import threading
+
+    write_test_video(tmp_path / "clip.avi", frames=12, width=320, height=240)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.avi"
+    with ros_context() as context:
+        probe = Probe(context)
+        probe.follow(FRAMES, ImageFrame, named_qos("video_recording", 30))
+        driver = VideoDriver(context=context, namespace="/or", parameter_overrides=params(
+            source=url, width=320, height=240, fps=30.0, require_session_context=False,
+            reconnect_initial_s=0.05, reconnect_max_s=0.2, **RELIABLE))
+        probe.executor.add_node(driver)
+        try:
+            assert probe.spin_until(lambda: len(probe.samples[FRAMES]) >= 12, 20)
+            first = probe.samples[FRAMES][:12]
+            assert [f.context.sequence for f in first] == list(range(12))
+            for frame in first:
+                # file frame i carries code i; the driver stamped it as sequence i
+                assert decode_band(_pixels(frame))[0] == frame.context.sequence
+            assert probe.spin_until(
+                lambda: DeviceStatus.STATE_SOURCE_LOST in probe.states(FRAMES), 20)
+        finally:
+            driver.close()
+            driver.destroy_node()
+            probe.close()
+            server.shutdown()
+            server.server_close()
+
+
 @pytest.mark.parametrize("source", ["camera:57", "/dev/video57", "url"])
 def test_unreachable_source_is_source_lost_and_retried_not_a_crash(source: str) -> None:
     if source == "url":  # nothing listens on a just-freed port: connection refused
