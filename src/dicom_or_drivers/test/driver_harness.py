@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import rclpy
@@ -29,6 +31,23 @@ def executable(name: str) -> str:
     path = Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / name
     assert path.is_file(), f"{path} missing: run make build"
     return str(path)
+
+
+@contextmanager
+def driver_process(name: str, *parameters: str, env: dict[str, str]) -> Iterator[None]:
+    """The installed console script ``name`` in namespace /or with ``-p`` ``parameters``,
+    as a launcher starts it; on leaving, it is terminated and must not have printed a
+    traceback."""
+    words = [word for parameter in parameters for word in ("-p", parameter)]
+    child = subprocess.Popen([executable(name), "--ros-args", "-r", "__ns:=/or", *words],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        yield
+    finally:
+        child.terminate()
+        output, _ = child.communicate(timeout=15)
+    assert "Traceback" not in output, output
 
 
 def make_session(patient_id: str = "P-0001", study_uid: str | None = None) -> ctx.SessionContext:

@@ -3,15 +3,13 @@ context on every chunk, WFDB replay of a record the test writes, bad parameters.
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import wfdb
 from driver_harness import (
     Probe,
     assert_contiguous,
-    executable,
+    driver_process,
     make_session,
     params,
     run_bad_parameter,
@@ -135,23 +133,18 @@ def test_across_processes_ecg_group() -> None:
     with ros_context() as context:
         probe = Probe(context)
         probe.follow(ECG, WaveformChunk, named_qos("waveform", 10))
-        child = subprocess.Popen(
-            [executable("waveform_driver"), "--ros-args", "-r", "__ns:=/or",
-             "-p", "groups:=[ecg]", "-p", "require_session_context:=false"],
-            env=isolated_env(context.domain), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
         try:
-            assert probe.spin_until(lambda: len(probe.samples[ECG]) >= 15, 30)
-            descriptor = probe.descriptor(ECG)
-            chunks = [c for c in probe.samples[ECG]
-                      if c.context.series_instance_uid == descriptor.series_instance_uid]
-            _check_chunks(chunks, descriptor.series_instance_uid, 3, 500.0)
-            assert descriptor.session.study.study_description == "Ad-hoc OR session"
+            with driver_process("waveform_driver", "groups:=[ecg]",
+                                "require_session_context:=false",
+                                env=isolated_env(context.domain)):
+                assert probe.spin_until(lambda: len(probe.samples[ECG]) >= 15, 30)
+                descriptor = probe.descriptor(ECG)
+                chunks = [c for c in probe.samples[ECG]
+                          if c.context.series_instance_uid == descriptor.series_instance_uid]
+                _check_chunks(chunks, descriptor.series_instance_uid, 3, 500.0)
+                assert descriptor.session.study.study_description == "Ad-hoc OR session"
         finally:
-            child.terminate()
-            output, _ = child.communicate(timeout=15)
             probe.close()
-        assert "Traceback" not in output, output
 
 
 @pytest.mark.parametrize("args, name", [
