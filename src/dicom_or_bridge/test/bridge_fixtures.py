@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, SnapshotProvider
 from dicom_or_core import context as ctx
 from dicom_or_core.peers import free_tcp_port, run_tool
+from dicom_or_core.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
 from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -95,14 +96,6 @@ def write_instance(root: Path, study: str = STUDY, series: str = VIDEO_SERIES,
 
 # pynetdicom can install same-named apps (findscu, getscu, storescp, ...) into the venv's bin,
 # ahead of dcmtk's on PATH: name dcmtk's binaries by their full path.
-DCMTK = Path("/usr/bin")
-
-
-def tool(name: str) -> str:
-    """Full path of a dcmtk binary."""
-    return str(DCMTK / name)
-
-
 @contextlib.contextmanager
 def storescp(out: Path):
     """dcmtk's storescp (AE STORESCP) writing into ``out``; yields its port once it answers

@@ -73,10 +73,9 @@ class TrackerDriver(Node):
         marker_rate = declare(self, "marker_rate_hz", 30.0, "MarkerArray rate for rviz2",
                               check=lambda v: 0.0 <= v <= 1000.0, rule="must be 0..1000")
         if self.source == "simulator":
-            specs = declare(self, "tools", [""], "Tools as name:kind (kind instrument, "
+            specs = declare(self, "tools", [], "Tools as name:kind (kind instrument, "
                             "reference or occluded); empty: tool_count default tools",
                             param_type=Parameter.Type.STRING_ARRAY)
-            specs = [s for s in specs if s]
             count = declare(self, "tool_count", 2, "Number of default tools (pointer, "
                             "patient_reference, drill (occluded), probe...)",
                             check=lambda v: 1 <= v <= 64, rule="must be 1..64")
@@ -87,10 +86,9 @@ class TrackerDriver(Node):
             self.igtl_host = declare(self, "igtl.host", "127.0.0.1", "OpenIGTLink server host")
             self.igtl_port = declare(self, "igtl.port", 18944, "OpenIGTLink server port",
                                      check=lambda v: 1 <= v <= 65535, rule="must be 1..65535")
-            names = declare(self, "igtl.device_names", [""],
+            names = declare(self, "igtl.device_names", [],
                             "TRANSFORM device names to republish (the stream's tool ids)",
                             param_type=Parameter.Type.STRING_ARRAY)
-            names = [n for n in names if n]
             if not names:
                 raise DicomOrError("igtl.device_names", "needs at least one device name (the "
                                    "stream descriptor lists its tools)")

@@ -135,10 +135,10 @@ class WaveformDriver(Node):
     def _make_replay(self, params: DriverParameters) -> None:
         path = declare(self, "wfdb_record", "", "WFDB record path (without or with .hea)",
                        check=bool, rule="is required when source is wfdb")
-        labels = declare(self, "channels", [""], "Signals to replay (empty: all)",
+        labels = declare(self, "channels", [], "Signals to replay (empty: all)",
                          param_type=Parameter.Type.STRING_ARRAY)
         self._loop = declare(self, "loop", True, "Restart the record at its end")
-        record = load_wfdb(path, [label for label in labels if label] or None)
+        record = load_wfdb(path, labels or None)
         default_modality = "ECG" if all(c.label in ECG_LEADS for c in record.channels) \
             else "HD"
         modality = declare(self, "modality", default_modality,
