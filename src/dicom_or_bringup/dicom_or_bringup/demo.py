@@ -146,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     stop.set()
     found = show_session(given["bridge_host"], int(given["bridge_port"]), given["bridge_ae"])
     print(f"\ndemo: stopping ({reason}); the recorder finalises its files")
-    codes = group.stop(grace_s=20.0)
+    codes = group.stop()
     signals.restore()
+    stopped = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in
+                        sorted(group.stop_seconds.items(), key=lambda item: -item[1]))
+    print(f"demo: stop times: {stopped}")
     if worklist is not None:
         worklist[0].terminate()
         worklist[0].wait()

@@ -16,6 +16,8 @@ A graph file (``launch/*.graph.yaml``) lists launch arguments, included graphs a
         overrides: {port: $(var bridge_port)}   # parameters set from launch arguments
         remappings: {}
         if: $(var use_bridge)                   # optional: start only when true
+        sigterm_timeout: 10                     # optional (s): how long a stop may take,
+        sigkill_timeout: 10                     # as launch_ros's Node takes them
     environment:                                # for every node of this file; an empty
       FASTDDS_DEFAULT_PROFILES_FILE: $(var fastdds_profile)   # value leaves it unset
 
@@ -41,6 +43,8 @@ from dicom_or_core.paths import config_dir
 _VAR = re.compile(r"\$\(var ([A-Za-z_][A-Za-z0-9_]*)\)")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
+DEFAULT_SIGTERM_TIMEOUT_S = 5.0
+DEFAULT_SIGKILL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,19 @@ class NodeSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     remappings: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+    # launch_ros's defaults: SIGINT, SIGTERM after sigterm_timeout, SIGKILL after
+    # sigkill_timeout more. A node that finalises files on stop (the recorder) sets more.
+    sigterm_timeout: float = DEFAULT_SIGTERM_TIMEOUT_S
+    sigkill_timeout: float = DEFAULT_SIGKILL_TIMEOUT_S
 
     @property
     def fully_qualified_name(self) -> str:
         return f"{self.namespace.rstrip('/')}/{self.name}"
+
+    @property
+    def stop_grace_s(self) -> float:
+        """How long the node has between the first stop signal and SIGKILL."""
+        return self.sigterm_timeout + self.sigkill_timeout
 
 
 def launch_dir() -> Path:
@@ -155,6 +168,17 @@ def _truthy(value: Any, where: str) -> bool:
     raise DicomOrError(where, "must be true or false", value)
 
 
+def _seconds(spec: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = spec.get(key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise DicomOrError(f"{where}.{key}", "must be a number of seconds", value) from None
+    if not 0 < seconds <= 600:
+        raise DicomOrError(f"{where}.{key}", "must be 0..600 s", value)
+    return seconds
+
+
 def resolve(name: str, given: dict[str, str] | None = None) -> list[NodeSpec]:
     """The nodes of graph ``name`` with launch arguments ``given`` (others: defaults)."""
     declared = {arg.name: arg.default for arg in arguments(name)}
@@ -194,6 +218,8 @@ def _resolve_file(path: Path, values: dict[str, str]) -> list[NodeSpec]:
             overrides=dict(spec.get("overrides") or {}),
             remappings={str(k): str(v) for k, v in (spec.get("remappings") or {}).items()},
             environment=environment,
+            sigterm_timeout=_seconds(spec, "sigterm_timeout", DEFAULT_SIGTERM_TIMEOUT_S, where),
+            sigkill_timeout=_seconds(spec, "sigkill_timeout", DEFAULT_SIGKILL_TIMEOUT_S, where),
         ))
     names = [n.fully_qualified_name for n in nodes]
     duplicates = sorted({n for n in names if names.count(n) > 1})

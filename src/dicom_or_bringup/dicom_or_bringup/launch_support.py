@@ -27,6 +27,8 @@ def _nodes(context, graph_name):
             package=spec.package, executable=spec.executable, name=spec.name,
             namespace=spec.namespace, parameters=parameters,
             remappings=list(spec.remappings.items()), additional_env=spec.environment,
+            sigterm_timeout=str(spec.sigterm_timeout),
+            sigkill_timeout=str(spec.sigkill_timeout),
             output="screen", emulate_tty=True))
     return actions
 

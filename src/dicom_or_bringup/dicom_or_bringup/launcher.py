@@ -6,7 +6,8 @@ same ``--ros-args``: node name, namespace, parameter files, overrides (written t
 parameter file so values keep their YAML types) and remappings. Stopping is orderly: SIGTERM
 to every child (``run_node`` turns it into a clean stop, so recorders finalise their files;
 a child still importing simply ends, as it has written nothing), then SIGKILL after
-``grace_s``; no child outlives the launcher.
+each node's grace, the ``sigterm_timeout`` + ``sigkill_timeout`` its graph gives it (the
+values ``ros2 launch`` uses for the same node); no child outlives the launcher.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ class ProcessGroup:
         return {name: proc.returncode for name, proc in self.processes.items()
                 if proc.poll() is not None and proc.returncode != 0}
 
-    def stop(self, grace_s: float = 10.0) -> dict[str, int]:
-        """SIGTERM everyone, SIGKILL after ``grace_s``; return each child's exit code.
+    def stop(self, grace_s: float | None = None) -> dict[str, int]:
+        """SIGTERM everyone, SIGKILL a node still running after its grace (``grace_s`` if
+        given, else the node's own ``stop_grace_s``); return each child's exit code.
 
         SIGTERM rather than SIGINT: before a node's ``run_node`` has installed its handlers
         (while Python is still importing), SIGINT would print a KeyboardInterrupt traceback,
@@ -125,13 +127,18 @@ class ProcessGroup:
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
+        started = time.monotonic()
+        graces = {spec.name: spec.stop_grace_s if grace_s is None else grace_s
+                  for spec in self.specs}
+        self.stop_seconds: dict[str, float] = {}
         for name, proc in self.processes.items():
+            grace = graces.get(name, 10.0)
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.0, started + grace - time.monotonic()))
+                self.stop_seconds[name] = time.monotonic() - started
             except subprocess.TimeoutExpired:
-                print(f"dicom_or_launch: {name} did not stop in {grace_s:g} s; its stacks "
-                      "follow (SIGUSR1), then SIGKILL", file=sys.stderr)
+                print(f"dicom_or_launch: {name} did not stop in {grace:g} s; its stacks "
+                      "follow in its log (SIGUSR1), then SIGKILL", file=sys.stderr)
                 proc.send_signal(signal.SIGUSR1)
                 try:
                     proc.wait(timeout=1.0)

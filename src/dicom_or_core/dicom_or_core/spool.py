@@ -5,6 +5,8 @@ Layout under the recordings directory ``root`` (the bridge's ``archive_dir``)::
     <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   final instances
     <root>/.spool/index.sqlite                                          instance states
     <root>/.spool/journal/<segment id>/{meta.json, data.jnl}           segments in progress
+    <root>/.spool/quarantine/<segment id>/                              journals that could
+                                                                        not be finalised
 
 Rules that make a SIGKILL at any moment safe:
 
@@ -17,9 +19,16 @@ Rules that make a SIGKILL at any moment safe:
   the bytes are in the kernel. The journal is also fsync'd at least every
   ``fsync_interval_s`` (and when a segment closes), which bounds what a power loss can take
   to that interval. A torn last record (power loss mid-write) fails its CRC and is dropped.
-* On start, :meth:`Spool.recover` finalises every journal into its instance (same SOP
-  Instance UID, allocated when the segment opened, so a crash between the rename and the
-  journal's removal cannot create a duplicate) or discards an empty one.
+* On start, :meth:`Spool.recover_files` settles half-written files (fast, before recording)
+  and :meth:`Spool.leftover_journals` lists the journals of the previous run; each is then
+  finalised with :meth:`Spool.finalise_leftover` into its instance (same SOP Instance UID,
+  allocated when the segment opened, so a crash between the rename and the journal's
+  removal cannot create a duplicate), discarded when empty, or moved to ``quarantine/``
+  when it cannot be read -- never deleted with acknowledged samples in it. That runs beside
+  new recording: journals this process opens are never touched by recovery.
+* Instances are written file to file: the header through pydicom, bulk Pixel Data by a
+  writer that copies from the segment's files (:class:`PendingInstance`), so finalising
+  a long segment never holds it in memory.
 
 Index states (``instances.state``): ``writing`` -> ``final`` (file complete, in the archive)
 -> ``stored`` (C-STORE accepted by the PACS) -> ``committed`` (Storage Commitment confirmed),
@@ -38,9 +47,9 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 
@@ -49,6 +58,8 @@ from dicom_or_core.errors import DicomOrError
 WRITING, FINAL, STORED, COMMITTED, FAILED = "writing", "final", "stored", "committed", "failed"
 STATES = (WRITING, FINAL, STORED, COMMITTED, FAILED)
 SPOOL_DIR = ".spool"
+QUARANTINE_DIR = "quarantine"
+INSTANCE_SUFFIX = ".dcm"
 PARTIAL_SUFFIX = ".partial"
 _JOURNAL_MAGIC = b"DORJNL1\n"
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
@@ -75,19 +86,24 @@ def _makedirs_durable(path: Path) -> None:
         fsync_dir(created.parent)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``path.partial`` + fsync + rename + fsync(dir)."""
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` via ``path.partial`` + fsync + rename + fsync(dir). ``data`` is the
+    bytes, or a function that writes them to the open file (streamed, never whole in
+    memory). A failure removes the partial file and leaves ``path`` as it was."""
     _makedirs_durable(path.parent)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with open(tmp, "wb", buffering=1 << 20) as fp:
+            if callable(data):
+                data(fp)
+            else:
+                fp.write(data)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -105,6 +121,7 @@ class Journal:
         self._last_sync = time.monotonic()
         self._fd: int | None = None
         self._size = 0
+        self.damaged = ""  # set by records(): why reading stopped before the end
         if create:
             _makedirs_durable(directory)
             write_atomic(directory / "meta.json", json.dumps(meta).encode())
@@ -153,22 +170,29 @@ class Journal:
             self._fd = None
 
     def records(self) -> Iterator[bytes]:
-        """Every intact record in order; stops at a torn or corrupt tail."""
+        """Every intact record in order, read as a stream (one record in memory at a
+        time); stops at a torn or corrupt tail (:attr:`damaged` then says where)."""
+        self.damaged = ""
         try:
-            data = self.data_path.read_bytes()
+            fp = open(self.data_path, "rb", buffering=1 << 20)
         except FileNotFoundError:
             return
-        if not data.startswith(_JOURNAL_MAGIC):
-            return
-        pos = len(_JOURNAL_MAGIC)
-        while pos + _RECORD.size <= len(data):
-            length, crc = _RECORD.unpack_from(data, pos)
-            start = pos + _RECORD.size
-            payload = data[start:start + length]
-            if len(payload) != length or zlib.crc32(payload) != crc:
+        with fp:
+            if fp.read(len(_JOURNAL_MAGIC)) != _JOURNAL_MAGIC:
+                self.damaged = "no journal header"
                 return
-            yield payload
-            pos = start + length
+            index = 0
+            while header := fp.read(_RECORD.size):
+                if len(header) < _RECORD.size:
+                    self.damaged = f"torn record header after record {index}"
+                    return
+                length, crc = _RECORD.unpack(header)
+                payload = fp.read(length) if length <= MAX_RECORD else b""
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    self.damaged = f"record {index + 1} torn or corrupt (CRC)"
+                    return
+                yield payload
+                index += 1
 
     def discard(self) -> None:
         """Remove the journal (after its instance is final, or when it holds nothing)."""
@@ -193,6 +217,7 @@ class InstanceRow:
     last_error: str
     created: float
     updated: float
+    instance_number: int = 0
 
 
 @dataclass
@@ -202,10 +227,33 @@ class RecoveryReport:
     partial_files_removed: int = 0
     journals_finalised: int = 0
     journals_discarded: int = 0
+    journals_quarantined: int = 0
     sop_instance_uids: tuple[str, ...] = ()
+    problems: list[str] = field(default_factory=list)
 
 
-Finaliser = Callable[[Journal], "Dataset | None"]
+@dataclass
+class PendingInstance:
+    """An instance ready to be written: its dataset without bulk Pixel Data, and the
+    function that appends the Pixel Data element (the last one, PS3.5 7.1) to the file by
+    copying from the segment's own files. ``pixel_data`` None: the dataset is complete."""
+
+    dataset: Dataset
+    pixel_data: Callable[[BinaryIO], None] | None = None
+
+
+Finaliser = Callable[[Journal], "Dataset | PendingInstance | None"]
+
+
+@dataclass
+class LeftoverResult:
+    """What became of one journal of an earlier run."""
+
+    sop_instance_uid: str = ""
+    finalised: bool = False
+    quarantined: str = ""      # why it was moved to quarantine (empty: it was not)
+    records: int = 0
+    damaged: str = ""          # where reading stopped early (records after it are lost)
 
 
 class Spool:
@@ -216,7 +264,9 @@ class Spool:
         self.spool_dir = self.root / SPOOL_DIR
         self.journal_dir = self.spool_dir / "journal"
         _makedirs_durable(self.journal_dir)
+        self.quarantine_dir = self.spool_dir / QUARANTINE_DIR
         self.fsync_interval_s = fsync_interval_s
+        self._own_journals: set[str] = set()  # opened by this process: not leftovers
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.spool_dir / "index.sqlite", check_same_thread=False,
                                    isolation_level=None, timeout=30)
@@ -229,6 +279,10 @@ class Spool:
             DEFAULT '', created REAL, updated REAL)""")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_state ON instances(state, "
                          "next_attempt)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
+        if "instance_number" not in columns:  # an index written by an earlier version
+            self._db.execute("ALTER TABLE instances ADD COLUMN instance_number INTEGER "
+                             "DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -237,18 +291,26 @@ class Spool:
     # -- instances ---------------------------------------------------------------------
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
+        """Where an instance lives: ``<root>/<Study>/<Series>/<SOP>.dcm`` (the one
+        definition of the archive layout; the bridge's index reads the same)."""
+        return self.root / study_uid / series_uid / f"{sop_uid}{INSTANCE_SUFFIX}"
 
-    def write_instance(self, ds: Dataset) -> Path:
-        """Write a finished instance durably and index it as ``final``."""
+    def write_instance(self, instance: Dataset | PendingInstance) -> Path:
+        """Write a finished instance durably (file to file) and index it as ``final``."""
+        if isinstance(instance, Dataset):
+            instance = PendingInstance(instance)
+        ds = instance.dataset
         path = self.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
                                   ds.SOPInstanceUID)
         now = time.time()
         self._upsert(ds, path, WRITING, 0, now)
-        from io import BytesIO
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        write_atomic(path, buffer.getvalue())
+
+        def write(fp: BinaryIO) -> None:
+            ds.save_as(fp, enforce_file_format=True)
+            if instance.pixel_data is not None:
+                instance.pixel_data(fp)
+
+        write_atomic(path, write)
         self._set(ds.SOPInstanceUID, state=FINAL, size=path.stat().st_size)
         return path
 
@@ -256,12 +318,12 @@ class Spool:
         with self._lock:
             self._db.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
-                " series_instance_uid, path, size, state, created, updated) VALUES "
-                "(?,?,?,?,?,?,?,?,?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                " series_instance_uid, path, size, state, created, updated, instance_number)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
                 "state=excluded.state, size=excluded.size, updated=excluded.updated",
                 (str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.StudyInstanceUID),
                  str(ds.SeriesInstanceUID), str(path.relative_to(self.root)), size, state,
-                 now, now))
+                 now, now, int(ds.get("InstanceNumber") or 0)))
 
     def _set(self, sop_uid: str, **fields: Any) -> None:
         fields["updated"] = time.time()
@@ -285,13 +347,19 @@ class Spool:
                                        "created", (state,))
             return [InstanceRow(*r) for r in cur.fetchall()]
 
-    def series_instance_count(self, series_uid: str) -> int:
-        """Instances of a Series in the index plus its journals (next Instance Number - 1)."""
+    def last_instance_number(self, series_uid: str) -> int:
+        """The highest Instance Number a Series has used: in the index, in its journals (of
+        this run and leftovers) and in quarantine. The next instance takes the one after, so
+        numbers never repeat, even while leftovers are being finalised beside recording."""
         with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM instances WHERE "
+            (n,) = self._db.execute("SELECT MAX(instance_number) FROM instances WHERE "
                                     "series_instance_uid=?", (series_uid,)).fetchone()
-        return n + sum(1 for j in self.journals()
-                       if j.meta.get("descriptor", {}).get("series_instance_uid") == series_uid)
+        highest = int(n or 0)
+        for folder in (self.journal_dir, self.quarantine_dir):
+            for meta in _metas(folder):
+                if meta.get("descriptor", {}).get("series_instance_uid") == series_uid:
+                    highest = max(highest, int(meta.get("instance_number") or 0))
+        return highest
 
     def counts(self) -> dict[str, int]:
         """Instances per state."""
@@ -360,36 +428,64 @@ class Spool:
         hold everything needed to finalise it (descriptor, SOP Instance UID, ...)."""
         meta = dict(meta)
         meta.setdefault("segment_id", uuid.uuid4().hex)
+        with self._lock:
+            self._own_journals.add(meta["segment_id"])
         return Journal(self.journal_dir / meta["segment_id"], meta, self.fsync_interval_s,
                        create=True)
 
     def journals(self) -> list[Journal]:
-        """Journals left by a previous run, oldest first."""
+        """Journals left by an earlier run, oldest first (never one this process opened:
+        a segment being created right now is not a leftover). A folder without a readable
+        ``meta.json`` but with samples is quarantined, one without samples removed."""
         found = []
-        for directory in sorted(self.journal_dir.iterdir(),
-                                key=lambda p: p.stat().st_mtime):
+        with self._lock:
+            own = set(self._own_journals)
+        try:
+            folders = sorted((d for d in self.journal_dir.iterdir() if d.name not in own),
+                             key=_mtime)
+        except FileNotFoundError:
+            return []
+        for directory in folders:
             try:
                 meta = json.loads((directory / "meta.json").read_text())
-            except (OSError, ValueError):
-                shutil.rmtree(directory, ignore_errors=True)  # died before meta was final
+                if not isinstance(meta, dict) or not meta.get("segment_id"):
+                    raise ValueError("meta.json is not a segment description")
+            except (OSError, ValueError) as exc:
+                data = directory / "data.jnl"
+                if data.is_file() and data.stat().st_size > len(_JOURNAL_MAGIC):
+                    self.quarantine(directory, f"unreadable meta.json: {exc}")
+                else:  # died before its first sample: nothing was acknowledged
+                    shutil.rmtree(directory, ignore_errors=True)
                 continue
             found.append(Journal(directory, meta, self.fsync_interval_s, create=False))
         return found
 
-    def recover(self, finalise: Finaliser) -> RecoveryReport:
-        """Make the archive consistent after a crash; call before recording.
+    def quarantine(self, directory: Path, reason: str) -> Path:
+        """Move a journal folder that cannot be finalised out of the way, with the reason
+        beside it, so an operator (or a later version) can still get its samples."""
+        _makedirs_durable(self.quarantine_dir)
+        target = self.quarantine_dir / directory.name
+        if target.exists():
+            target = self.quarantine_dir / f"{directory.name}.{uuid.uuid4().hex[:8]}"
+        os.replace(directory, target)
+        (target / "QUARANTINED.txt").write_text(reason + "\n")
+        fsync_dir(self.quarantine_dir)
+        fsync_dir(self.journal_dir)
+        return target
 
-        Deletes ``*.partial`` files, settles ``writing`` rows (final if the rename
-        happened, forgotten otherwise: the journal still holds the samples), and turns
-        each left-over journal into its instance with ``finalise(journal)`` (the
-        Dataset, or None when the journal holds no sample) or discards it.
-        """
-        report = RecoveryReport()
-        done = []
-        for partial in self.root.rglob(f"*{PARTIAL_SUFFIX}"):
-            if SPOOL_DIR not in partial.relative_to(self.root).parts[:1]:
+    def recover_files(self) -> int:
+        """Settle files a crash left half-written; fast, run before recording starts.
+
+        Deletes ``*.partial`` instance files and settles ``writing`` rows (final if the
+        rename happened, forgotten otherwise: the journal still holds the samples).
+        Returns the number of partial files removed."""
+        removed = 0
+        for study in self.root.iterdir():
+            if study.name == SPOOL_DIR or not study.is_dir():
+                continue
+            for partial in study.rglob(f"*{PARTIAL_SUFFIX}"):
                 partial.unlink(missing_ok=True)
-                report.partial_files_removed += 1
+                removed += 1
         for row in self.rows(WRITING):
             if self.absolute(row).is_file():
                 self._set(row.sop_instance_uid, state=FINAL,
@@ -398,20 +494,69 @@ class Spool:
                 with self._lock:
                     self._db.execute("DELETE FROM instances WHERE sop_instance_uid=?",
                                      (row.sop_instance_uid,))
+        return removed
+
+    def finalise_leftover(self, journal: Journal, finalise: Finaliser) -> LeftoverResult:
+        """Turn one journal of an earlier run into its instance, or discard it when it holds
+        no sample, or quarantine it when it cannot be finalised (never lose it silently)."""
+        result = LeftoverResult(sop_instance_uid=str(journal.meta.get("sop_instance_uid", "")))
+        row = self.get(result.sop_instance_uid) if result.sop_instance_uid else None
+        if row is not None and row.state != WRITING and self.absolute(row).is_file():
+            journal.discard()  # finalised, then killed before the journal went
+            return result
+        try:
+            instance = finalise(journal)
+            result.damaged = journal.damaged
+            if instance is not None:
+                self.write_instance(instance)
+                result.finalised = True
+        except Exception as exc:  # anything a bad journal can raise: keep its samples
+            result.quarantined = f"{type(exc).__name__}: {exc}"
+            self.quarantine(journal.directory, result.quarantined)
+            return result
+        journal.discard()
+        return result
+
+    def recover(self, finalise: Finaliser) -> RecoveryReport:
+        """All of recovery at once (:meth:`recover_files`, then every leftover journal
+        through :meth:`finalise_leftover`): for tools and tests; the recorder runs the
+        journals beside recording instead."""
+        report = RecoveryReport(partial_files_removed=self.recover_files())
+        done = []
         for journal in self.journals():
-            sop = journal.meta.get("sop_instance_uid", "")
-            row = self.get(sop) if sop else None
-            if row is not None and row.state != WRITING and self.absolute(row).is_file():
-                journal.discard()  # finalised, then killed before the journal went
-                report.journals_discarded += 1
-                continue
-            ds = finalise(journal)
-            if ds is None:
-                report.journals_discarded += 1
-            else:
-                self.write_instance(ds)
-                done.append(str(ds.SOPInstanceUID))
+            result = self.finalise_leftover(journal, finalise)
+            if result.finalised:
+                done.append(result.sop_instance_uid)
                 report.journals_finalised += 1
-            journal.discard()
+            elif result.quarantined:
+                report.journals_quarantined += 1
+                report.problems.append(f"{journal.directory.name}: {result.quarantined}")
+            else:
+                report.journals_discarded += 1
+            if result.damaged:
+                report.problems.append(f"{journal.directory.name}: {result.damaged}; the "
+                                       "records after it are lost")
         report.sop_instance_uids = tuple(done)
         return report
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _metas(folder: Path) -> Iterator[dict[str, Any]]:
+    """The readable ``meta.json`` of every journal folder under ``folder``."""
+    try:
+        folders = list(folder.iterdir())
+    except FileNotFoundError:
+        return
+    for directory in folders:
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict):
+            yield meta

@@ -25,6 +25,10 @@ Exactly-once delivery: an instance is sent until one C-STORE succeeds and never 
 state is kept in SQLite across restarts). A store whose response is lost (PACS died
 mid-association) is sent again; the PACS then receives the same SOP Instance UID twice,
 which a PACS treats as the same instance (Orthanc keeps one).
+
+Memory: only each file's File Meta Information is read (SOP class, transfer syntax); the
+C-STORE payload is streamed from the file in PDU-sized chunks (pynetdicom's chunked send),
+so a backlog of any size, with instances of gigabytes, costs the same memory as one PDU.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from dicom_or_core import vr
@@ -49,6 +54,21 @@ log = logging.getLogger("dicom_or.storage_scu")
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP Instance (PS3.4 J.3)
 _WARNINGS = {0xB000, 0xB006, 0xB007}
 SAME_ASSOCIATION_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What sending an archived file needs to know, from its File Meta Information only."""
+
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+def stored_file(path: Path) -> StoredFile:
+    """Read a file's File Meta Information (PS3.10 7.1), never its data set."""
+    meta = read_file_meta_info(path)
+    return StoredFile(path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
 
 
 @dataclass
@@ -120,6 +140,10 @@ class StorageSender:
         self._pending: dict[str, tuple[float, set[str]]] = {}
         self._report_cv = threading.Condition()
         self._server = None
+        # Send each file as stored, in PDU-sized chunks, instead of decoding it whole into
+        # memory (pynetdicom >= 2.0). Process-wide in pynetdicom: the recorder process is the
+        # only one that sends C-STOREs, and it always proposes each file's own syntax.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self._ae = AE(ae_title=config.calling_ae_title)
         self._ae.acse_timeout = config.timeout_s
         self._ae.dimse_timeout = config.timeout_s
@@ -179,11 +203,11 @@ class StorageSender:
             r.sop_instance_uid)] if self.config.storage_commitment else []
         if not rows and not waiting:
             return applied
-        datasets = {}
+        datasets: dict[str, StoredFile] = {}
         for row in rows:
             try:
-                datasets[row.sop_instance_uid] = dcmread(self.spool.absolute(row))
-            except (OSError, ValueError) as exc:
+                datasets[row.sop_instance_uid] = stored_file(self.spool.absolute(row))
+            except (OSError, ValueError, AttributeError) as exc:
                 self.spool.mark_failed(row.sop_instance_uid, f"unreadable file: {exc}")
                 self.stats.failed += 1
         assoc = self._associate(datasets.values())
@@ -193,7 +217,7 @@ class StorageSender:
             refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
             for row in rows:
                 ds = datasets.get(row.sop_instance_uid)
-                if ds is not None and str(ds.SOPClassUID) in refused:
+                if ds is not None and ds.sop_class_uid in refused:
                     self._refuse(row, ds)
             rows = [r for r in rows if self.spool.get(r.sop_instance_uid).state != FAILED]
         if assoc is None or not assoc.is_established:
@@ -223,11 +247,10 @@ class StorageSender:
         self._on_change()
         return True
 
-    def _associate(self, datasets):
+    def _associate(self, files: Iterable[StoredFile]):
         ae = self._ae
         ae.requested_contexts = []
-        pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
-                        for ds in datasets})
+        pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
         for sop_class, syntax in pairs[:127]:
             ae.add_requested_context(sop_class, syntax)
         if self.config.storage_commitment:
@@ -243,14 +266,14 @@ class StorageSender:
             self.stats.last_error = str(exc)
             return None
 
-    def _store(self, assoc, row: InstanceRow, ds: Dataset) -> str:
+    def _store(self, assoc, row: InstanceRow, file: StoredFile) -> str:
         accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0]))
                     for c in assoc.accepted_contexts}
-        if (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) not in accepted:
-            self._refuse(row, ds)
+        if (file.sop_class_uid, file.transfer_syntax_uid) not in accepted:
+            self._refuse(row, file)
             return "failed"
         try:
-            status = assoc.send_c_store(ds)
+            status = assoc.send_c_store(file.path)
         except (OSError, RuntimeError, ValueError) as exc:
             self.spool.defer(row.sop_instance_uid, f"C-STORE error: {exc}",
                              self._next_attempt(row))
@@ -274,11 +297,11 @@ class StorageSender:
         self.stats.last_error = message
         return "failed"
 
-    def _refuse(self, row: InstanceRow, ds: Dataset) -> None:
+    def _refuse(self, row: InstanceRow, file: StoredFile) -> None:
         # The PACS refused this SOP Class / Transfer Syntax at negotiation: resending
         # cannot help (PS3.4 B.2.2: the SCP does not support it).
-        message = (f"PACS does not accept SOP Class {ds.SOPClassUID} in "
-                   f"{ds.file_meta.TransferSyntaxUID}")
+        message = (f"PACS does not accept SOP Class {file.sop_class_uid} in "
+                   f"{file.transfer_syntax_uid}")
         self.spool.mark_failed(row.sop_instance_uid, message)
         self.stats.failed += 1
         self.stats.last_error = message

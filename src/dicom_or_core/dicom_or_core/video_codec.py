@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -208,24 +210,44 @@ def _fraction(rate_hz: float) -> Fraction:
     return Fraction(rate_hz).limit_denominator(1001)
 
 
+class TsMuxer:
+    """Packets into an MPEG-2 Transport Stream as they come (PTS/DTS from the packets), to a
+    file path or a binary file object: a recorder muxes while recording, so closing a
+    segment has nothing left to mux."""
+
+    def __init__(self, target: str | Path | BinaryIO, choice: CodecChoice, rows: int,
+                 columns: int, rate_hz: float) -> None:
+        codec_name = {"h264": "h264", "hevc": "hevc", "mpeg2": "mpeg2video"}[choice.name]
+        self._container = av.open(str(target) if isinstance(target, Path) else target, "w",
+                                  format="mpegts")
+        self._stream = self._container.add_stream(codec_name, rate=_fraction(rate_hz))
+        self._stream.width, self._stream.height = columns, rows
+        self._stream.time_base = Fraction(1, PTS_HZ)
+        self.packets = 0
+
+    def mux(self, p: EncodedPacket) -> None:
+        packet = av.Packet(p.data)
+        packet.stream = self._stream
+        packet.time_base = self._stream.time_base
+        # The TS muxer adds a fixed 1.4 s PTS offset only when told to; keep the stamps'
+        # own zero so decoders see PTS = time since the first frame.
+        packet.pts, packet.dts = p.pts, p.dts
+        packet.is_keyframe = p.keyframe
+        self._container.mux(packet)
+        self.packets += 1
+
+    def close(self) -> None:
+        self._container.close()
+
+
 def mux_mpegts(choice: CodecChoice, rows: int, columns: int, rate_hz: float,
                packets: Iterable[EncodedPacket]) -> bytes:
-    """The packets as one MPEG-2 Transport Stream (PTS/DTS from the packets)."""
+    """The packets as one MPEG-2 Transport Stream in memory (tests, snapshots)."""
     out = io.BytesIO()
-    codec_name = {"h264": "h264", "hevc": "hevc", "mpeg2": "mpeg2video"}[choice.name]
-    with av.open(out, "w", format="mpegts") as container:
-        stream = container.add_stream(codec_name, rate=_fraction(rate_hz))
-        stream.width, stream.height = columns, rows
-        stream.time_base = Fraction(1, PTS_HZ)
-        for p in packets:
-            packet = av.Packet(p.data)
-            packet.stream = stream
-            packet.time_base = stream.time_base
-            # The TS muxer adds a fixed 1.4 s PTS offset only when told to; keep the
-            # stamps' own zero so decoders see PTS = time since the first frame.
-            packet.pts, packet.dts = p.pts, p.dts
-            packet.is_keyframe = p.keyframe
-            container.mux(packet)
+    muxer = TsMuxer(out, choice, rows, columns, rate_hz)
+    for p in packets:
+        muxer.mux(p)
+    muxer.close()
     return out.getvalue()
 
 

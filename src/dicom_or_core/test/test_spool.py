@@ -150,10 +150,20 @@ def test_states_retry_schedule_and_retention(tmp_path):
     assert spool.counts()[COMMITTED] == 0
 
 
-def test_series_instance_count_includes_journals(tmp_path):
+def test_last_instance_number_counts_index_journals_and_quarantine(tmp_path):
+    """Instance Numbers never repeat: the highest number in the index, in this run's and
+    earlier runs' journals and in quarantine, whatever finalises in between."""
     spool = Spool(tmp_path)
     ds = instance()
+    ds.InstanceNumber = 3
     spool.write_instance(ds)
-    spool.open_journal({"sop_instance_uid": "1.2",
-                        "descriptor": {"series_instance_uid": ds.SeriesInstanceUID}})
-    assert spool.series_instance_count(ds.SeriesInstanceUID) == 2
+    series = {"series_instance_uid": ds.SeriesInstanceUID}
+    assert spool.last_instance_number(ds.SeriesInstanceUID) == 3
+    spool.open_journal({"sop_instance_uid": "1.2", "instance_number": 5,
+                        "descriptor": series})
+    assert spool.last_instance_number(ds.SeriesInstanceUID) == 5
+    left = spool.open_journal({"sop_instance_uid": "1.3", "instance_number": 7,
+                               "descriptor": series})
+    spool.quarantine(left.directory, "test")
+    assert Spool(tmp_path).last_instance_number(ds.SeriesInstanceUID) == 7
+    assert Spool(tmp_path).last_instance_number("1.2.3.999") == 0

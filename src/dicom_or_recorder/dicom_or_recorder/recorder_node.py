@@ -23,7 +23,13 @@ Video frames are not encoded in the subscription callback: it hands them to the 
 :class:`~dicom_or_recorder.video_queue.VideoEncoderQueue` (``video_queue_frames`` deep),
 whose worker thread encodes and journals them; a full queue drops the frame, counted as
 ``dropped_backpressure``, its time kept as a gap.
-SIGINT / SIGTERM -> :meth:`RecorderNode.close` finalises every open segment.
+Stopping never waits on work that could have been done while recording: segments are
+closed continuously (``max_segment_s`` / ``max_segment_bytes``) and a video's stream is
+muxed as it is encoded, so a STOP request answers at once (the instances it closes are
+reported as ``finalising`` in the status until final) and SIGINT / SIGTERM ->
+:meth:`RecorderNode.close` finalises at most the last open segment of each stream, within
+``shutdown_timeout_s``. Journals an earlier run left behind (a crash, a kill) are
+finalised by a recovery thread beside new recording, which starts at once.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from std_msgs.msg import String
 
 from dicom_or_core import context as ctx
 from dicom_or_core.errors import DicomOrError
-from dicom_or_core.spool import COMMITTED, FINAL, STORED, Spool
+from dicom_or_core.spool import COMMITTED, FINAL, STORED, Journal, Spool
 from dicom_or_core.storage_scu import PacsConfig, StorageSender
 from dicom_or_msgs.msg import ImageFrame, PoseSample, StreamDescriptor, WaveformChunk
 from dicom_or_msgs.srv import RecordControl
@@ -148,8 +154,14 @@ class RecorderNode(Node):
             "counted (dropped_backpressure)", check=lambda v: 1 <= v <= 1000,
             rule="must be 1..1000")
         options = RecorderOptions(
-            max_segment_s=declare(self, "max_segment_s", 60.0, "longest instance (s); "
-                                  "longer recordings become more instances of the Series"),
+            max_segment_s=declare(self, "max_segment_s", 300.0, "longest instance (s); "
+                                  "longer recordings become more instances of the Series",
+                                  check=lambda v: 1.0 <= v <= 3600.0,
+                                  rule="must be 1..3600 s"),
+            max_segment_bytes=declare(self, "max_segment_bytes", 2 * 1024**3, "largest "
+                                      "instance (bytes of samples); the segment is cut "
+                                      "before", check=lambda v: 1 << 20 <= v <= 4 * 1024**3 - 2,
+                                      rule="must be 1 MiB..4 GiB"),
             video_mode=declare(self, "video_mode", "auto", "auto (H.264 L4.1/4.2, HEVC "
                                "above), h264, hevc, mpeg2 or lossless (multi-frame SC)",
                                check=lambda v: v in VIDEO_MODES,
@@ -162,9 +174,10 @@ class RecorderNode(Node):
                                                        "faster", "fast", "medium"),
                                  rule="ultrafast, superfast, veryfast, faster, fast or "
                                       "medium"),
-            max_poses_per_instance=declare(self, "max_poses_per_instance", 20000,
-                                           "largest pose SR (poses)",
-                                           check=lambda v: v >= 1, rule="must be >= 1"),
+            max_poses_per_instance=declare(self, "max_poses_per_instance", 0,
+                                           "largest pose SR (poses); 0: bounded by "
+                                           "duration and size only",
+                                           check=lambda v: v >= 0, rule="must be >= 0"),
         )
         self.options = options.validate()
         fsync_interval_s = declare(self, "fsync_interval_s", 0.5, "journal fsync period: "
@@ -198,25 +211,34 @@ class RecorderNode(Node):
             check=lambda v: v >= 0, rule="must be >= 0")
         status_period_s = declare(self, "status_period_s", 1.0, "status publish period",
                                   check=lambda v: 0.1 <= v <= 60, rule="must be 0.1..60 s")
+        self.shutdown_timeout_s = declare(
+            self, "shutdown_timeout_s", 2.0, "on SIGINT / SIGTERM, how long queued video "
+            "frames may still be encoded before the rest is dropped (counted); the last "
+            "segments are then finalised", check=lambda v: 0 <= v <= 60,
+            rule="must be 0..60 s")
 
         try:
             self.spool = Spool(self.recordings_dir, fsync_interval_s)
         except OSError as exc:
             raise DicomOrError("recordings_dir", f"cannot be used: {exc.strerror}",
                                self.recordings_dir) from None
-        report = self.spool.recover(finalise_journal)
-        if report.journals_finalised or report.journals_discarded \
-                or report.partial_files_removed:
-            self.get_logger().info(
-                f"recovered after a crash: {report.journals_finalised} segment(s) "
-                f"finalised, {report.journals_discarded} discarded, "
-                f"{report.partial_files_removed} partial file(s) removed")
-        self.recovered = list(report.sop_instance_uids)
+        # Half-written files are settled now (fast); the journals an earlier run left are
+        # listed now, before any segment of this run opens, and finalised beside recording.
+        removed = self.spool.recover_files()
+        if removed:
+            self.get_logger().info(f"removed {removed} partial file(s) of an earlier run")
+        leftovers = self.spool.journals()
+        self.recovered: list[str] = []
+        self.recovery = {"pending": len(leftovers), "finalised": 0, "discarded": 0,
+                         "quarantined": 0}
         self.sender = StorageSender(self.spool, pacs)
         self.sender.start()
         # Instances are built and written off the sample callbacks, so a segment boundary
-        # (muxing a minute of video, fsync) does not stall a stream.
-        self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
+        # (header, file copy, fsync) does not stall a stream; two workers so that streams
+        # stopping together finalise in parallel on two cores.
+        self._finaliser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finalise")
+        self._recovery_thread = threading.Thread(
+            target=self._recover, args=(leftovers,), name="recover", daemon=True)
         self._record_all = self.record_on_start
         self._series_override: dict[str, bool] = {}
         self._followed: dict[str, _Followed] = {}
@@ -234,6 +256,40 @@ class RecorderNode(Node):
         mode = f"PACS {pacs.ae_title}@{pacs.host}:{pacs.port}" if pacs.enabled \
             else "local-only"
         self.get_logger().info(f"recording into {self.spool.root} ({mode})")
+        if leftovers:
+            self.get_logger().info(f"finalising {len(leftovers)} segment(s) an earlier run "
+                                   "left, beside recording")
+            self._recovery_thread.start()
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _recover(self, leftovers: list[Journal]) -> None:
+        """Finalise an earlier run's journals one by one; stops early on shutdown (the rest
+        stay journals for the next start). Every loss and quarantine is logged by name."""
+        log = self.get_logger()
+        for journal in leftovers:
+            if self._closed:
+                return
+            result = self.spool.finalise_leftover(journal, finalise_journal)
+            self.recovery["pending"] -= 1
+            name = journal.directory.name
+            if result.finalised:
+                self.recovery["finalised"] += 1
+                self.recovered.append(result.sop_instance_uid)
+                self.sender.wake()
+            elif result.quarantined:
+                self.recovery["quarantined"] += 1
+                log.error(f"segment {name} could not be finalised and was moved to "
+                          f"{self.spool.quarantine_dir}: {result.quarantined}")
+            else:
+                self.recovery["discarded"] += 1
+            if result.damaged:
+                log.warning(f"segment {name}: {result.damaged}; the samples recorded after "
+                            "that point are lost, the ones before it are in instance "
+                            f"{result.sop_instance_uid}")
+        log.info(f"recovery done: {self.recovery['finalised']} segment(s) finalised, "
+                 f"{self.recovery['discarded']} empty, {self.recovery['quarantined']} "
+                 "quarantined")
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -440,7 +496,7 @@ class RecorderNode(Node):
                 for f in targets:
                     uids += self._stop_stream(f)
                 response.message = f"stopped {len(targets)} stream(s), " \
-                                   f"{len(uids)} instance(s) finalised"
+                                   f"{len(uids)} instance(s) finalising (see status)"
             elif request.command == RecordControl.Request.SNAPSHOT:
                 videos = [f.video_queue for f in targets if f.video_queue is not None]
                 if not videos:
@@ -463,17 +519,17 @@ class RecorderNode(Node):
         return response
 
     def _stop_stream(self, f: _Followed) -> list[str]:
-        """Stop recording one stream; its open segment is final on return. A video's queued
-        frames are encoded first, outside the stream's lock: its callback is not held up."""
+        """Stop recording one stream without waiting: its open segment is closed and handed
+        to the finaliser (a video's queued frames are encoded first, by its worker). Returns
+        the SOP Instance UID the segment's instance will have."""
         with f.lock:
             f.recording = False  # from here on the callback queues nothing
             if f.recorder is None:
                 return []
             self._series_override[f.recorder.descriptor.series_instance_uid] = False
             if f.video_queue is None:
-                return f.recorder.stop()
-            video_queue = f.video_queue
-        return video_queue.stop()
+                return f.recorder.stop(wait=False)
+            return f.video_queue.request_stop()
 
     # -- status --------------------------------------------------------------------------
 
@@ -496,7 +552,8 @@ class RecorderNode(Node):
                              acknowledged=s.acknowledged, samples=s.samples,
                              lost_messages=s.lost_messages, out_of_order=s.out_of_order,
                              occluded=s.occluded, bytes_journaled=s.bytes_journaled,
-                             instances=s.instances, last_error=s.last_error, **dict(s.extra))
+                             instances=s.instances, finalising=s.finalising,
+                             last_error=s.last_error, **dict(s.extra))
             elif f.refused:
                 entry["refused"] = f.refused
             else:
@@ -507,6 +564,7 @@ class RecorderNode(Node):
         return {
             "recordings_dir": str(self.spool.root),
             "streams": streams,
+            "recovery": dict(self.recovery),
             "instances": counts,
             "pacs": {"enabled": self.sender.config.enabled,
                      "queue": counts[FINAL] + (counts[STORED] if
@@ -528,15 +586,23 @@ class RecorderNode(Node):
     # -- shutdown ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finalise every open segment, stop the sender, close the index."""
+        """Finalise the last open segment of every stream, stop the sender, close the index.
+
+        Bounded: the sample threads end within their spin period, queued video frames are
+        encoded for at most ``shutdown_timeout_s`` (the rest, never acknowledged, is
+        dropped and counted), and the last segments finalise in parallel. The recovery
+        thread stops after the journal it is on; what it has not reached stays a journal
+        for the next start.
+        """
         if self._closed:
             return
         self._closed = True
+        started = time.monotonic()
         with self._lock:
             followed = list(self._followed.values())
         for f in followed:  # no sample is taken any more
             if f.sample_thread is not None:
-                f.sample_thread.join(timeout=5.0)
+                f.sample_thread.join(timeout=1.0)
             if f.sample_executor is not None:
                 f.sample_executor.shutdown(timeout_sec=1.0)
             if f.sample_node is not None:
@@ -544,21 +610,26 @@ class RecorderNode(Node):
                     f.sample_node.destroy_node()
                 except (RCLError, RuntimeError):
                     pass
+        deadline = started + self.shutdown_timeout_s
         for f in followed:
             with f.lock:
-                if f.recorder is not None:
-                    try:
-                        if f.video_queue is not None:
-                            f.video_queue.close()  # encodes every frame taken first
-                        else:
-                            f.recorder.stop()
-                    except (DicomOrError, OSError, ValueError) as exc:
-                        # The journal stays: the next start finalises it.
-                        print(f"[recorder] {f.topic.topic}: finalise failed: {exc}",
-                              file=sys.stderr)
+                if f.recorder is None:
+                    continue
+                try:
+                    if f.video_queue is not None:
+                        f.video_queue.close(max(0.0, deadline - time.monotonic()))
+                    else:
+                        f.recorder.stop(wait=False)
+                except (DicomOrError, OSError, ValueError) as exc:
+                    # The journal stays: the next start finalises it.
+                    self.get_logger().error(f"{f.topic.topic}: closing failed: {exc}")
         self._finaliser.shutdown(wait=True)
-        self.sender.stop()
+        if self._recovery_thread.is_alive():
+            self._recovery_thread.join()
+        self.sender.stop(timeout_s=2.0)
         self.spool.close()
+        self.get_logger().info(f"stopped in {time.monotonic() - started:.2f} s; every "
+                               "recorded segment is final")
 
 
 def main() -> None:

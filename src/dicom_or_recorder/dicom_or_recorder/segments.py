@@ -15,7 +15,18 @@ What is journaled per kind:
   when the next one arrives or the segment closes).
 * video (lossless): the raw frame.
 * waveform: each chunk's int16 samples with its first sample index and time.
-* pose: each visible pose (occluded samples are counted, not recorded).
+* pose: visible poses in batches of up to ``POSE_BATCH_ROWS`` poses or ``POSE_BATCH_S``
+  of time, one record per batch (occluded samples are counted, not recorded). A pose is
+  acknowledged when its batch is journaled; a crash can cost the poses of the open batch
+  (at most 0.1 s of tracking), never an acknowledged one.
+
+Work is done while recording, not at the stop: a compressed video's packets are muxed into
+the segment's Transport Stream file as they are journaled, and the frame stamps are kept,
+so closing a segment only writes the instance's header and copies that file into
+encapsulated Pixel Data (:mod:`dicom_or_core.iod.bulk`); nothing of an instance is held in
+memory whole. Crash recovery, which has only the journal, muxes again from it (streamed).
+Segments are cut by duration (``max_segment_s``) and size (``max_segment_bytes``), with
+continuous timing: the sample that would overflow a segment opens the next one.
 
 Gaps are recorded, not hidden: a jump in a stream's ``sequence`` counts lost messages; a
 waveform whose ``first_sample_index`` jumps closes the instance and opens a new one at the
@@ -25,33 +36,36 @@ in its frame times (Frame Time Vector).
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from dicom_or_core import context as ctx
 from dicom_or_core.errors import DicomOrError
+from dicom_or_core.iod.bulk import EncapsulatedFile, NativeFrames
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import (
     MAX_NATIVE_PIXEL_BYTES,
-    build_multiframe_sc,
     build_snapshot,
-    build_video,
+    multiframe_sc_header,
+    rgb_bytes,
+    video_header,
 )
 from dicom_or_core.iod.waveform import build_waveform, check_constraints
-from dicom_or_core.spool import Journal, Spool
+from dicom_or_core.spool import Journal, PendingInstance, Spool
 from dicom_or_core.uid import new_uid
 from dicom_or_core.video_codec import (
     PTS_HZ,
     PacketEncoder,
+    TsMuxer,
     choose_codec,
-    mux_mpegts,
 )
 from dicom_or_core.video_codec import EncodedPacket as _Packet
 
@@ -60,28 +74,40 @@ _VIDEO_REC = struct.Struct("<qQqB")       # stamp ns, sequence, pts, keyframe
 _RAW_REC = struct.Struct("<qQ")           # stamp ns, sequence
 _WAVE_REC = struct.Struct("<qQQH")        # first sample ns, first index, sequence, channels
 _POSE_REC = struct.Struct("<qQH7d")       # stamp ns, sequence, tool index, xyz, qxyzw
+# The same row as a numpy record (packed, no alignment): a batch record is N rows.
+_POSE_ROW = np.dtype([("stamp", "<i8"), ("sequence", "<u8"), ("tool", "<u2"),
+                      ("values", "<f8", (7,))])
+POSE_BATCH_ROWS = 256
+POSE_BATCH_S = 0.1
+# The segment's Transport Stream, muxed while recording; renamed from .partial when whole.
+TS_FILE = "stream.ts"
+GIB = 1 << 30
 
 
 @dataclass
 class RecorderOptions:
     """How streams are cut and encoded (the node's parameters)."""
 
-    max_segment_s: float = 60.0
+    max_segment_s: float = 300.0
+    max_segment_bytes: int = 2 * GIB
     video_mode: str = "auto"
     video_quality: int = 18
     video_preset: str = "superfast"
-    max_poses_per_instance: int = 20000
+    max_poses_per_instance: int = 0  # 0: bounded by duration and size only
 
     def validate(self) -> RecorderOptions:
         if not 1.0 <= self.max_segment_s <= 3600.0:
             raise DicomOrError("max_segment_s", "must be 1..3600 seconds", self.max_segment_s)
+        if not 1 << 20 <= self.max_segment_bytes <= 4 * GIB - 2:
+            raise DicomOrError("max_segment_bytes", "must be 1 MiB..4 GiB",
+                               self.max_segment_bytes)
         if self.video_mode not in VIDEO_MODES:
             raise DicomOrError("video_mode", f"must be one of {', '.join(VIDEO_MODES)}",
                                self.video_mode)
         if not 0 <= self.video_quality <= 51:
             raise DicomOrError("video_quality", "CRF must be 0..51", self.video_quality)
-        if self.max_poses_per_instance < 1:
-            raise DicomOrError("max_poses_per_instance", "must be >= 1",
+        if self.max_poses_per_instance < 0:
+            raise DicomOrError("max_poses_per_instance", "must be >= 0 (0: no limit)",
                                self.max_poses_per_instance)
         return self
 
@@ -101,6 +127,7 @@ class StreamStats:
     occluded: int = 0              # pose samples not recorded (tool not visible)
     bytes_journaled: int = 0
     instances: int = 0
+    finalising: int = 0            # closed segments not yet written as instances
     last_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -118,11 +145,13 @@ class StreamRecorder:
         self.journal: Journal | None = None
         self.finaliser: Executor | None = None     # where instances are built (None: here)
         self.on_final: Callable[[], None] | None = None
-        # Instance Numbers continue across restarts within the Series.
-        self.instance_number = spool.series_instance_count(descriptor.series_instance_uid)
+        # Instance Numbers continue across restarts within the Series, never repeating.
+        self.instance_number = spool.last_instance_number(descriptor.series_instance_uid)
         self.stats = StreamStats(topic=descriptor.topic, kind=self.kind,
                                  series_instance_uid=descriptor.series_instance_uid)
         self._last_sequence: int | None = None
+        self._segment_bytes = 0
+        self._stats_lock = threading.Lock()
 
     # -- sequence accounting -------------------------------------------------------------
 
@@ -147,45 +176,63 @@ class StreamRecorder:
                 "instance_number": self.instance_number,
                 "descriptor": ctx.to_dict(self.descriptor), **extra}
         self.journal = self.spool.open_journal(meta)
+        self._segment_bytes = 0
         self.stats.recording = True
         return self.journal
 
-    def _append(self, payload: bytes) -> None:
+    def _append(self, payload: bytes, samples: int = 1) -> None:
+        """Journal one record holding ``samples`` messages; they are acknowledged now."""
         assert self.journal is not None
         self.journal.append(payload)
-        self.stats.acknowledged += 1
+        self.stats.acknowledged += samples
         self.stats.bytes_journaled += len(payload)
+        self._segment_bytes += len(payload)
+
+    def _segment_full(self, elapsed_ns: int) -> bool:
+        """Whether the open segment has reached its duration or size bound."""
+        return (elapsed_ns >= self.options.max_segment_s * 1e9
+                or self._segment_bytes >= self.options.max_segment_bytes)
 
     def close_segment(self, wait: bool = True) -> list[str]:
         """Close the open segment and finalise it into an instance; return its SOP Instance
-        UID. With ``wait`` false (a segment boundary while samples keep flowing) and a
-        ``finaliser`` executor, the muxing, dataset building and durable write run there,
-        so the stream's callback is not held up; the journal keeps the samples safe until
-        the instance is final."""
+        UID. With ``wait`` false and a ``finaliser`` executor, the header and the file copy
+        run there (a segment boundary while samples keep flowing, a STOP that must answer at
+        once); the journal keeps the samples safe until the instance is final."""
         journal = self.journal
         if journal is None:
             return []
         self._before_close(journal)
         self.journal = None
         journal.close()
+        stamps = self._closed_stamps()
+        with self._stats_lock:
+            self.stats.finalising += 1
         if self.finaliser is not None:
-            future = self.finaliser.submit(self._finalise, journal)
+            future = self.finaliser.submit(self._finalise, journal, stamps)
             if wait:
                 future.result()
         else:
-            self._finalise(journal)
+            self._finalise(journal, stamps)
         return [journal.meta["sop_instance_uid"]] if journal.records_acknowledged else []
 
-    def _finalise(self, journal: Journal) -> None:
+    def _closed_stamps(self) -> list[int] | None:
+        """Hook: what the recorder kept of the closed segment (video frame stamps) so the
+        finaliser need not read the journal again; None: read it."""
+        return None
+
+    def _finalise(self, journal: Journal, stamps: list[int] | None = None) -> None:
         try:
-            ds = finalise_journal(journal)
-            if ds is not None:
-                self.spool.write_instance(ds)
+            instance = finalise_journal(journal, stamps)
+            if instance is not None:
+                self.spool.write_instance(instance)
                 self.stats.instances += 1
         except (DicomOrError, OSError, ValueError) as exc:
             # The journal stays on disk: the next start finalises it (or reports it again).
             self.stats.last_error = f"finalising instance failed: {exc}"
             raise
+        finally:
+            with self._stats_lock:
+                self.stats.finalising -= 1
         journal.discard()
         if self.on_final is not None:
             self.on_final()
@@ -193,12 +240,13 @@ class StreamRecorder:
     def _before_close(self, journal: Journal) -> None:
         """Hook: write what a subclass still buffers (e.g. delayed encoder packets)."""
 
-    def stop(self) -> list[str]:
-        """Stop recording: finalise the open segment and wait until it is final. Messages
-        skipped while stopped are not losses: sequence accounting restarts."""
+    def stop(self, wait: bool = True) -> list[str]:
+        """Stop recording: close the open segment (and with ``wait``, wait until its
+        instance is final). Messages skipped while stopped are not losses: sequence
+        accounting restarts."""
         self.stats.recording = False
         self._last_sequence = None
-        return self.close_segment(wait=True)
+        return self.close_segment(wait=wait)
 
 
 class VideoRecorder(StreamRecorder):
@@ -218,6 +266,8 @@ class VideoRecorder(StreamRecorder):
                                                               d.nominal_rate_hz,
                                                               options.video_mode)
         self._encoder: PacketEncoder | None = None
+        self._muxer: TsMuxer | None = None
+        self._stamps: list[int] = []               # the open segment's frame stamps
         self._first_ns = 0
         self._pending: list[tuple[int, int]] = []  # (stamp, sequence) inside the encoder
         self._frame_bytes = d.rows * d.columns * 3
@@ -250,21 +300,24 @@ class VideoRecorder(StreamRecorder):
         self.latest = (image, stamp_ns)
         done = []
         if self.journal is not None and (
-                stamp_ns - self._first_ns >= self.options.max_segment_s * 1e9
+                self._segment_full(stamp_ns - self._first_ns)
                 or (self.lossless and (self._segment_frames + 1) * self._frame_bytes
                     > MAX_NATIVE_PIXEL_BYTES)):
             done = self.close_segment(wait=False)
         if self.journal is None:
             self._first_ns = stamp_ns
             self._segment_frames = 0
+            self._stamps = []
             extra: dict[str, Any] = {"first_ns": stamp_ns, "mode": self.options.video_mode}
-            self._open(extra)
+            journal = self._open(extra)
             if not self.lossless:
                 assert self.choice is not None
                 self._encoder = self.encoder_factory(self.choice, d.rows, d.columns,
                                                      d.pixel_encoding, d.nominal_rate_hz,
                                                      self.options.video_quality,
                                                      self.options.video_preset)
+                self._muxer = TsMuxer(journal.directory / (TS_FILE + ".partial"),
+                                      self.choice, d.rows, d.columns, d.nominal_rate_hz)
         if self.choice is not None and self.choice.name == "mpeg2" and self._segment_frames:
             # MPEG-2 has a fixed frame grid (PS3.5 8.2.5): snap to the nearest slot and
             # fill the slots of dropped frames with the previous picture.
@@ -286,6 +339,7 @@ class VideoRecorder(StreamRecorder):
             self._segment_frames += 1
             self._append(_RAW_REC.pack(stamp_ns, sequence) + np.ascontiguousarray(image)
                          .tobytes())
+            self._stamps.append(stamp_ns)
         else:
             self._encode(image, stamp_ns, sequence)
         self.stats.samples += 1
@@ -310,6 +364,14 @@ class VideoRecorder(StreamRecorder):
         stamp, sequence = self._pending.pop(0)
         self._append(_VIDEO_REC.pack(stamp, sequence, packet.pts, packet.keyframe)
                      + packet.data)
+        self._stamps.append(stamp)
+        if self._muxer is not None:
+            try:
+                self._muxer.mux(packet)
+            except (OSError, ValueError) as exc:  # PyAV's errors are both
+                # The journal has the packet: the finaliser muxes again from it.
+                self._muxer = None
+                self.stats.last_error = f"muxing while recording failed: {exc}"
 
     def _before_close(self, journal: Journal) -> None:
         if self._encoder is not None:
@@ -317,6 +379,18 @@ class VideoRecorder(StreamRecorder):
                 self._journal_packet(packet)
             self._encoder = None
         self._pending.clear()
+        muxer, self._muxer = self._muxer, None
+        if muxer is not None:
+            partial = journal.directory / (TS_FILE + ".partial")
+            try:
+                muxer.close()
+                os.replace(partial, journal.directory / TS_FILE)
+            except (OSError, ValueError) as exc:
+                self.stats.last_error = f"muxing while recording failed: {exc}"
+
+    def _closed_stamps(self) -> list[int] | None:
+        stamps, self._stamps = self._stamps, []
+        return stamps
 
     def snapshot(self, frame: tuple[np.ndarray, int] | None = None) -> list[str]:
         """Write ``frame`` (image, stamp), by default the latest frame fed, as a single-frame
@@ -388,6 +462,9 @@ class PoseRecorder(StreamRecorder):
         self._first_ns = 0
         self._segment_poses = 0
         self._last_stamp: dict[str, int] = {}
+        self._batch = bytearray()   # packed _POSE_REC rows not yet journaled
+        self._batch_rows = 0
+        self._batch_first_ns = 0
 
     def feed(self, tool_id: str, stamp_ns: int, position: tuple[float, float, float],
              quaternion_xyzw: tuple[float, float, float, float], visible: bool,
@@ -408,21 +485,38 @@ class PoseRecorder(StreamRecorder):
             raise DicomOrError("pose", "position and orientation must be finite, the "
                                "quaternion non-zero", (position, quaternion_xyzw))
         done = []
+        limit = self.options.max_poses_per_instance
         if self.journal is not None and (
-                stamp_ns - self._first_ns >= self.options.max_segment_s * 1e9
-                or self._segment_poses >= self.options.max_poses_per_instance):
+                self._segment_full(stamp_ns - self._first_ns)
+                or (limit and self._segment_poses >= limit)):
             done = self.close_segment(wait=False)
         if self.journal is None:
             self._first_ns = stamp_ns
             self._segment_poses = 0
             self._open({"first_ns": stamp_ns})
         self._last_stamp[tool_id] = stamp_ns
-        self._append(_POSE_REC.pack(stamp_ns, sequence,
-                                    self.descriptor.tool_ids.index(tool_id),
-                                    *position, *quaternion_xyzw))
+        if not self._batch_rows:
+            self._batch_first_ns = stamp_ns
+        self._batch += _POSE_REC.pack(stamp_ns, sequence,
+                                      self.descriptor.tool_ids.index(tool_id),
+                                      *position, *quaternion_xyzw)
+        self._batch_rows += 1
         self._segment_poses += 1
         self.stats.samples += 1
+        if self._batch_rows >= POSE_BATCH_ROWS or \
+                stamp_ns - self._batch_first_ns >= POSE_BATCH_S * 1e9:
+            self._flush_batch()
         return done
+
+    def _flush_batch(self) -> None:
+        """Journal the poses taken since the last batch: one record, one write."""
+        if self._batch_rows:
+            self._append(bytes(self._batch), samples=self._batch_rows)
+            self._batch.clear()
+            self._batch_rows = 0
+
+    def _before_close(self, journal: Journal) -> None:
+        self._flush_batch()
 
 
 RECORDERS: dict[int, type[StreamRecorder]] = {
@@ -445,56 +539,99 @@ def _now_ns() -> int:
 # -- finalisation (also what crash recovery runs) -------------------------------------------
 
 
-def finalise_journal(journal: Journal) -> Dataset | None:
-    """The instance a journal describes, or None when it holds no sample."""
+def finalise_journal(journal: Journal,
+                     stamps: list[int] | None = None) -> PendingInstance | None:
+    """The instance a journal describes, or None when it holds no sample.
+
+    ``stamps``: the frame stamps the video recorder kept while recording (with the
+    segment's Transport Stream already muxed beside the journal): then the journal is not
+    read again. Crash recovery passes None and everything comes from the journal, streamed.
+    """
     meta = journal.meta
     descriptor = ctx.from_dict(ctx.StreamDescriptor, meta["descriptor"])
     sop = meta["sop_instance_uid"]
     number = int(meta["instance_number"])
     created = _now_ns()
-    records = list(journal.records())
-    if not records:
-        return None
     kind = meta["recorder"]
     if kind == "video" and meta.get("mode") == "lossless":
-        shape = (descriptor.rows, descriptor.columns) if descriptor.pixel_encoding == \
-            "mono8" else (descriptor.rows, descriptor.columns, 3)
-        stamps, frames = [], []
-        for r in records:
-            stamp, _ = _RAW_REC.unpack_from(r)
-            stamps.append(stamp)
-            frames.append(np.frombuffer(r, np.uint8, offset=_RAW_REC.size).reshape(shape))
-        return build_multiframe_sc(descriptor, frames, stamps, sop, number, created)
+        return _finalise_lossless(journal, descriptor, stamps, sop, number, created)
     if kind == "video":
-        choice = choose_codec(descriptor.rows, descriptor.columns, descriptor.nominal_rate_hz,
-                              meta.get("mode", "auto"))
-        stamps, packets = [], []
-        for r in records:
-            stamp, _, pts, key = _VIDEO_REC.unpack_from(r)
-            stamps.append(stamp)
-            packets.append(_Packet(pts, pts, bool(key), r[_VIDEO_REC.size:]))
-        bitstream = mux_mpegts(choice, descriptor.rows, descriptor.columns,
-                               descriptor.nominal_rate_hz, packets)
-        return build_video(descriptor, bitstream, choice, stamps, sop, number, created)
+        return _finalise_video(journal, descriptor, stamps, sop, number, created)
     if kind == "waveform":
         blocks = []
         first_ns = None
-        for r in records:
+        for r in journal.records():
             t0, _, _, channels = _WAVE_REC.unpack_from(r)
             first_ns = t0 if first_ns is None else first_ns
             blocks.append(np.frombuffer(r, "<i2", offset=_WAVE_REC.size).reshape(-1, channels))
-        return build_waveform(descriptor, np.concatenate(blocks).astype(np.int16), first_ns,
-                              sop, number, created)
+        if not blocks:
+            return None
+        return PendingInstance(build_waveform(descriptor, np.concatenate(blocks).astype(
+            np.int16), first_ns, sop, number, created))
     if kind == "pose":
-        per_tool: dict[int, list[tuple]] = {}
-        for r in records:
-            stamp, _, tool, *values = _POSE_REC.unpack(r)
-            per_tool.setdefault(tool, []).append((stamp, values))
+        batches = [np.frombuffer(r, _POSE_ROW) for r in journal.records()
+                   if len(r) % _POSE_ROW.itemsize == 0]
+        if not batches:
+            return None
+        rows = np.concatenate(batches)
         tracks = []
-        for tool, rows in sorted(per_tool.items()):
-            stamps = np.array([s for s, _ in rows], np.int64)
-            values = np.array([v for _, v in rows], np.float64)
-            tracks.append(ToolTrack(descriptor.tool_ids[tool], stamps, values[:, :3],
-                                    values[:, 3:]))
-        return build_pose_sr(descriptor, tracks, sop, number, created)
+        for tool in np.unique(rows["tool"]):
+            mine = rows[rows["tool"] == tool]
+            tracks.append(ToolTrack(descriptor.tool_ids[int(tool)], mine["stamp"].copy(),
+                                    mine["values"][:, :3].copy(), mine["values"][:, 3:].copy()))
+        return PendingInstance(build_pose_sr(descriptor, tracks, sop, number, created))
     raise DicomOrError("journal", "unknown recorder kind", kind)
+
+
+def _finalise_video(journal: Journal, descriptor: ctx.StreamDescriptor,
+                    stamps: list[int] | None, sop: str, number: int,
+                    created: int) -> PendingInstance | None:
+    """Compressed video: the segment's Transport Stream file becomes encapsulated Pixel
+    Data by a file copy; muxed again from the journal first when it is not whole."""
+    choice = choose_codec(descriptor.rows, descriptor.columns, descriptor.nominal_rate_hz,
+                          journal.meta.get("mode", "auto"))
+    ts = journal.directory / TS_FILE
+    if stamps is None or not ts.is_file():
+        partial = journal.directory / (TS_FILE + ".partial")
+        muxer = TsMuxer(partial, choice, descriptor.rows, descriptor.columns,
+                        descriptor.nominal_rate_hz)
+        stamps = []
+        try:
+            for r in journal.records():
+                stamp, _, pts, key = _VIDEO_REC.unpack_from(r)
+                stamps.append(stamp)
+                muxer.mux(_Packet(pts, pts, bool(key), r[_VIDEO_REC.size:]))
+        finally:
+            muxer.close()
+        if not stamps:
+            partial.unlink(missing_ok=True)
+            return None
+        os.replace(partial, ts)
+    if not stamps:
+        return None
+    header = video_header(descriptor, ts.stat().st_size, choice, stamps, sop, number, created)
+    return PendingInstance(header, EncapsulatedFile(ts))
+
+
+def _finalise_lossless(journal: Journal, descriptor: ctx.StreamDescriptor,
+                       stamps: list[int] | None, sop: str, number: int,
+                       created: int) -> PendingInstance | None:
+    """Lossless video: native RGB frames copied from the journal into Pixel Data one frame
+    at a time."""
+    shape = (descriptor.rows, descriptor.columns) if descriptor.pixel_encoding == "mono8" \
+        else (descriptor.rows, descriptor.columns, 3)
+    if stamps is None:
+        stamps = [_RAW_REC.unpack_from(r)[0] for r in journal.records()]
+    if not stamps:
+        return None
+    frame_bytes = descriptor.rows * descriptor.columns * 3
+
+    def frames() -> Iterator[bytes]:
+        for k, r in enumerate(journal.records()):
+            if k == len(stamps):
+                break
+            yield rgb_bytes(np.frombuffer(r, np.uint8, offset=_RAW_REC.size).reshape(shape),
+                            descriptor.pixel_encoding)
+
+    header = multiframe_sc_header(descriptor, stamps, sop, number, created)
+    return PendingInstance(header, NativeFrames(len(stamps) * frame_bytes, frames))

@@ -17,8 +17,13 @@ Rules:
   in the stream's status); the frames around it keep their acquisition stamps, so the drop
   stays a gap in the instance's timeline (Frame Time Vector / PTS), never a shift. Such a
   drop is not counted again as a lost message.
-* ``stop`` encodes every frame still queued before closing the segment, so STOP and a clean
-  shutdown (SIGINT / SIGTERM) lose no frame that was taken.
+* ``stop`` encodes every frame still queued before closing the segment, so STOP loses no
+  frame that was taken; :meth:`~VideoEncoderQueue.request_stop` does the same without
+  waiting (a marker in the queue: the worker closes the segment when it reaches it), which
+  is what a STOP request uses so it answers at once.
+* ``close`` (the node shutting down) encodes queued frames until its deadline and drops the
+  rest, counted as ``dropped_at_shutdown``: they were never acknowledged, and a recorder
+  that must stop within its launcher's grace cannot promise more.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import numpy as np
 
 from dicom_or_core.errors import DicomOrError
 from dicom_or_recorder.segments import VideoRecorder
+
+_STOP = None  # the queue marker of request_stop()
 
 
 class VideoEncoderQueue:
@@ -54,7 +61,8 @@ class VideoEncoderQueue:
         self.dropped = 0        # frames dropped because the queue was full
         self.errors = 0         # frames the recorder refused in the worker
         self.latest: tuple[np.ndarray, int] | None = None  # newest frame taken (snapshot)
-        self._queue: deque[tuple[np.ndarray, int, int, int]] = deque()
+        # Frames (image, stamp, sequence, dropped before), or _STOP: close the segment here.
+        self._queue: deque[tuple[np.ndarray, int, int, int] | None] = deque()
         self._cond = threading.Condition()
         self._busy = False              # the worker is feeding a frame
         self._closed = False
@@ -107,12 +115,18 @@ class VideoEncoderQueue:
                 self._cond.wait_for(lambda: self._queue or self._closed)
                 if not self._queue:
                     return  # closed and drained
-                image, stamp_ns, sequence, dropped = self._queue.popleft()
+                item = self._queue.popleft()
                 self._busy = True
                 self.recorder.stats.extra["queued"] = len(self._queue)
             try:
                 with self._recorder_lock:
-                    done = self.recorder.feed(image, stamp_ns, sequence, dropped)
+                    if item is _STOP:
+                        # Frames offered before the STOP are journaled: close the segment,
+                        # its instance is built by the recorder's finaliser.
+                        done = self.recorder.stop(wait=False)
+                    else:
+                        image, stamp_ns, sequence, dropped = item
+                        done = self.recorder.feed(image, stamp_ns, sequence, dropped)
                 if done and self.on_done is not None:
                     self.on_done(done)
             except Exception as exc:  # the worker must outlive a bad frame
@@ -143,15 +157,35 @@ class VideoEncoderQueue:
         with self._recorder_lock:
             return self.recorder.stop()
 
+    def request_stop(self) -> list[str]:
+        """Stop recording without waiting: frames already queued are still encoded, then the
+        worker closes the segment. Returns the SOP Instance UID of the open segment (the
+        instance this STOP will finalise), if one is open."""
+        with self._cond:
+            self._queue.append(_STOP)
+            self._dropped_pending = 0
+            self._cond.notify_all()
+            journal = self.recorder.journal
+        return [journal.meta["sop_instance_uid"]] if journal is not None else []
+
     def snapshot(self) -> list[str]:
         """Write the newest frame taken (queued or not) as a single-frame instance."""
         with self._recorder_lock:
             return self.recorder.snapshot(self.latest)
 
-    def close(self) -> list[str]:
-        """:meth:`stop`, then end the worker thread."""
+    def close(self, deadline_s: float | None = None) -> list[str]:
+        """End the worker: encode what is queued (until ``deadline_s`` seconds from now, then
+        drop the rest, counted), close the segment without waiting for its instance (the
+        caller waits for the recorder's finaliser), and join the thread."""
+        if not self.drain(deadline_s):
+            with self._cond:
+                left = sum(1 for item in self._queue if item is not _STOP)
+                self._queue.clear()
+            self.recorder.stats.extra["dropped_at_shutdown"] = left
+            self.drain()  # the frame being encoded now
         try:
-            return self.stop()
+            with self._recorder_lock:
+                return self.recorder.stop(wait=False)
         finally:
             with self._cond:
                 self._closed = True

@@ -190,6 +190,11 @@ def test_pacs_down_then_up_delivers_everything_exactly_once(tmp_path):
             future = client.call_async(RecordControl.Request(
                 command=RecordControl.Request.STOP))
             assert spin_until(ex, future.done, 30) and future.result().success
+            # STOP answers at once; the instances it closed become final beside it.
+            closed = set(future.result().sop_instance_uids)
+            assert closed
+            assert spin_until(ex, lambda: closed <= {p.stem for p in archive.rglob("*.dcm")},
+                              30)
             expected = {p.stem for p in archive.rglob("*.dcm")}
             assert len(expected) >= 4
             # The PACS is down: the recorder keeps retrying with backoff.

@@ -28,6 +28,7 @@ from pydicom.valuerep import DSfloat
 
 from dicom_or_core.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.errors import DicomOrError
+from dicom_or_core.iod.bulk import FRAGMENT_BYTES
 from dicom_or_core.iod.common import (
     apply_instance_context,
     code_item,
@@ -42,7 +43,6 @@ VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-FRAGMENT_BYTES = 4 * 1024 * 1024
 # Pixel Data of a native multi-frame instance must stay below 2^32 - 2 bytes (PS3.5 7.1.1).
 MAX_NATIVE_PIXEL_BYTES = 2**32 - 2
 FRAME_TIME = 0x00181063
@@ -164,9 +164,26 @@ def build_video(stream: StreamDescriptor, bitstream: bytes, choice: CodecChoice,
                 stamps_ns: Sequence[int], sop_instance_uid: str, instance_number: int = 1,
                 created_ns: int | None = None) -> Dataset:
     """A Video Endoscopic (ES) / Video Photographic Image instance of an encoded stream
-    whose frames were acquired at ``stamps_ns``."""
+    whose frames were acquired at ``stamps_ns``, Pixel Data in memory (see
+    :func:`video_header` for the file-to-file form the recorder uses)."""
+    ds = video_header(stream, len(bitstream), choice, stamps_ns, sop_instance_uid,
+                      instance_number, created_ns)
+    fragments = max(1, math.ceil(len(bitstream) / FRAGMENT_BYTES))
+    # One "frame" (the whole stream) split into fragments, empty Basic Offset Table.
+    ds.PixelData = encapsulate([bitstream], fragments_per_frame=fragments, has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def video_header(stream: StreamDescriptor, bitstream_bytes: int, choice: CodecChoice,
+                 stamps_ns: Sequence[int], sop_instance_uid: str, instance_number: int = 1,
+                 created_ns: int | None = None) -> Dataset:
+    """Every attribute of a video instance but Pixel Data, for a stream of
+    ``bitstream_bytes`` bytes (Pixel Data then follows from the stream's file, see
+    :class:`dicom_or_core.iod.bulk.EncapsulatedFile`)."""
     require_kind(stream, KIND_VIDEO, "video")
-    if not bitstream:
+    if bitstream_bytes <= 0:
         raise DicomOrError("bitstream", "an instance needs an encoded stream")
     ds = new_dataset(video_sop_class(stream), sop_instance_uid, choice.transfer_syntax_uid)
     apply_instance_context(ds, stream, instance_number, stamps_ns[0], created_ns)
@@ -179,18 +196,13 @@ def build_video(stream: StreamDescriptor, bitstream: bytes, choice: CodecChoice,
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.LossyImageCompression = "01"
     raw_bytes = len(stamps_ns) * stream.rows * stream.columns * 3
-    ds.LossyImageCompressionRatio = DSfloat(round(raw_bytes / len(bitstream), 2),
+    ds.LossyImageCompressionRatio = DSfloat(round(raw_bytes / bitstream_bytes, 2),
                                             auto_format=True)
     ds.LossyImageCompressionMethod = choice.compression_method
     _image_pixel_ybr(ds, stream)
     _apply_timing(ds, stamps_ns, stream.nominal_rate_hz, choice.name == "mpeg2")
     # PS3.3 C.7.6.14 Acquisition Context Module (type 2, empty).
     ds.AcquisitionContextSequence = []
-    fragments = max(1, math.ceil(len(bitstream) / FRAGMENT_BYTES))
-    # One "frame" (the whole stream) split into fragments, empty Basic Offset Table.
-    ds.PixelData = encapsulate([bitstream], fragments_per_frame=fragments, has_bot=False)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
     return ds
 
 
@@ -218,11 +230,30 @@ def build_multiframe_sc(stream: StreamDescriptor, frames: Sequence[np.ndarray],
                         stamps_ns: Sequence[int], sop_instance_uid: str,
                         instance_number: int = 1, created_ns: int | None = None) -> Dataset:
     """Lossless mode: Multi-frame True Color Secondary Capture (PS3.3 A.8.5), native RGB,
-    Explicit VR Little Endian, frame timing as for compressed video."""
-    require_kind(stream, KIND_VIDEO, "video")
+    Explicit VR Little Endian, frame timing as for compressed video; Pixel Data in memory
+    (see :func:`multiframe_sc_header` for the file-to-file form)."""
     if len(frames) != len(stamps_ns) or not frames:
         raise DicomOrError("frames", "needs one stamp per frame and at least one frame")
-    nbytes = len(frames) * stream.rows * stream.columns * 3
+    ds = multiframe_sc_header(stream, stamps_ns, sop_instance_uid, instance_number,
+                              created_ns)
+    ds.PixelData = b"".join(rgb_bytes(f, stream.pixel_encoding) for f in frames)
+    return ds
+
+
+def rgb_bytes(image: np.ndarray, encoding: str) -> bytes:
+    """One frame as native RGB colour-by-pixel bytes."""
+    return _rgb(image, encoding).tobytes()
+
+
+def multiframe_sc_header(stream: StreamDescriptor, stamps_ns: Sequence[int],
+                         sop_instance_uid: str, instance_number: int = 1,
+                         created_ns: int | None = None) -> Dataset:
+    """Every attribute of a lossless multi-frame instance of ``len(stamps_ns)`` frames but
+    Pixel Data (which follows with :class:`dicom_or_core.iod.bulk.NativeFrames`)."""
+    require_kind(stream, KIND_VIDEO, "video")
+    if not stamps_ns:
+        raise DicomOrError("frames", "an instance needs at least one frame")
+    nbytes = len(stamps_ns) * stream.rows * stream.columns * 3
     if nbytes > MAX_NATIVE_PIXEL_BYTES:
         raise DicomOrError("frames", "native Pixel Data must stay below 4 GiB; cut the "
                            "segment shorter", nbytes)
@@ -238,7 +269,6 @@ def build_multiframe_sc(stream: StreamDescriptor, frames: Sequence[np.ndarray],
     ds.BurnedInAnnotation = "NO"
     _native_rgb_pixel(ds, stream.rows, stream.columns)
     _apply_timing(ds, stamps_ns, stream.nominal_rate_hz)
-    ds.PixelData = b"".join(_rgb(f, stream.pixel_encoding).tobytes() for f in frames)
     return ds
 
 
