@@ -6,79 +6,20 @@ the path through every node is the same.
 """
 
 import os
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
 from conftest import require
+from graph_support import alive, children_of, find_series, start_graph, stop
 
-from dicom_or_core.peers import dciodvfy, free_tcp_port, run_tool
+from dicom_or_core.peers import dciodvfy, free_tcp_port
 
 VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
 HEMODYNAMIC = "1.2.840.10008.5.1.4.1.1.9.2.1"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 EXPECTED_MODALITIES = {"ES", "ECG", "HD", "SR"}
-
-
-def start_graph(env, output: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["dicom_or_launch", "or_demo", f"output_dir:={output}", f"bridge_port:={port}",
-         "video_width:=640", "video_height:=480", "video_fps:=15.0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def findscu(port: int, workdir: Path, keys: list[str]) -> list[pydicom.Dataset]:
-    """dcmtk findscu, Study Root; the responses extracted to files and read back."""
-    out = workdir / "find"
-    out.mkdir(exist_ok=True)
-    for old in out.glob("*"):
-        old.unlink()
-    args = [word for key in keys for word in ("-k", key)]
-    run_tool(["findscu", "-S", "-aec", "DICOM_OR", "-aet", "E2E_TEST", "-X", "-od", str(out),
-              *args, "127.0.0.1", str(port)], timeout_s=30)
-    return [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
-
-
-def find_series(port: int, workdir: Path) -> list[pydicom.Dataset]:
-    """The hierarchical search a PACS workstation does: the studies, then each study's
-    series (the bridge, like PS3.4 C.4.1.3.1.1 allows, does not do relational queries)."""
-    series = []
-    for study in findscu(port, workdir, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
-                                         "PatientID"]):
-        series += findscu(port, workdir, [
-            "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.StudyInstanceUID}",
-            "SeriesInstanceUID", "Modality", "SeriesDescription", "RetrieveURL"])
-    return series
-
-
-def stop(graph: subprocess.Popen) -> tuple[int, str]:
-    graph.send_signal(signal.SIGINT)
-    output, _ = graph.communicate(timeout=90)
-    return graph.returncode, output
 
 
 def test_or_graph_discovered_by_findscu_and_recorded_valid(ros_env, tmp_path):

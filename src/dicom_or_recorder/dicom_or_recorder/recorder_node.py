@@ -366,8 +366,11 @@ class RecorderNode(Node):
             profile = "video_recording"
         qos = _compatible(named_qos(profile, descriptor.nominal_rate_hz))
         name = "recorder_" + re.sub(r"[^A-Za-z0-9_]", "_", followed.topic.topic).strip("_")
+        # use_global_arguments=False: the launcher's global ``__node:=recorder`` remap
+        # would otherwise give every helper node the recorder's name (ROS 2 warns about
+        # duplicate names, and /rosout cannot tell them apart).
         node = Node(name, context=self.context, namespace=self.get_namespace(),
-                    start_parameter_services=False)
+                    start_parameter_services=False, use_global_arguments=False)
         followed.sample_sub = node.create_subscription(
             MSG_OF_TYPE[followed.topic.message_type], followed.topic.topic,
             lambda m, f=followed: self._on_sample(f, m), qos)
