@@ -208,6 +208,7 @@ class DicomBridgeNode(Node):
 
     def close(self) -> None:
         self.scp.stop()
+        self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
 
 
 class _RosLogger:

@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from dicom_or_core import context as ctx
 from dicom_or_core.ros2_uri import Ros2Uri, format_uri
+from dicom_or_core.spool import PARTIAL_SUFFIX, SPOOL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,9 @@ SERIES_LIVE_KEYWORDS = ("Rows", "Columns", "RecommendedDisplayFrameRate", "CineR
                         "InstanceAvailability", "RequestAttributesSequence")
 # Bulk data never goes into an IMAGE record (C-FIND answers only need headers).
 _BULK_GROUPS = (0x7FE0, 0x5400)
-_INSTANCE_FILE = "*.dcm"
+# The recorder's instance files: <root>/<Study>/<Series>/<SOP>.dcm (spool.Spool.instance_path;
+# spool.py has no module-level constant for the suffix, hence this one).
+INSTANCE_SUFFIX = ".dcm"
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,19 @@ class LiveStream:
     measured_rate_hz: float = field(default=0.0, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ArchivedInstance:
-    """One finished ``*.dcm`` of the archive: its path and header (no bulk data)."""
+    """One finished ``*.dcm`` of the archive: its path and header (no bulk data).
+
+    Identity is the object: the index returns the same object for an unchanged file, which
+    is how the store notices that nothing changed and how IMAGE records are reused.
+    """
 
     path: Path
     header: Dataset
+    # IMAGE records already built from this header, per Retrieve AE Title: rebuilding the
+    # model (every stream change) then costs a dict lookup per instance, not a header copy.
+    _records: dict[str, Dataset] = field(default_factory=dict, repr=False)
 
 
 def _set(ds: Dataset, keyword: str, value: object) -> None:
@@ -175,7 +190,14 @@ def archived_series_record(header: Dataset, *, retrieve_ae_title: str,
 
 
 def image_record(instance: ArchivedInstance, *, retrieve_ae_title: str) -> Dataset:
-    """The IMAGE record of an archived instance: its header without bulk data."""
+    """The IMAGE record of an archived instance: its header without bulk data.
+
+    Built once per instance and Retrieve AE Title, then shared read-only by every model
+    (records are never modified after construction; C-FIND answers are copies).
+    """
+    cached = instance._records.get(retrieve_ae_title)
+    if cached is not None:
+        return cached
     ds = Dataset()
     for elem in instance.header:
         if elem.tag.group in _BULK_GROUPS or elem.tag.group == 0x0002:
@@ -188,6 +210,7 @@ def image_record(instance: ArchivedInstance, *, retrieve_ae_title: str) -> Datas
             setattr(ds, keyword, None)
     ds.RetrieveAETitle = retrieve_ae_title
     ds.InstanceAvailability = "ONLINE"
+    instance._records[retrieve_ae_title] = ds
     return ds
 
 
@@ -200,10 +223,60 @@ class QueryModel:
     series: list[Dataset] = field(default_factory=list)
     images: list[Dataset] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    # (level, keyword) -> UID -> positions of the records holding it; built on first use.
+    _indexes: dict[tuple[str, str], dict[str, list[int]]] = field(default_factory=dict,
+                                                                   repr=False)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def records(self, level: str) -> list[Dataset]:
-        return {"PATIENT": self.patients, "STUDY": self.studies, "SERIES": self.series,
-                "IMAGE": self.images}[level]
+    def records(self, level: str, query: object | None = None) -> list[Dataset]:
+        """The records of ``level``; with a parsed query (anything with an ``identifier``
+        Dataset), only those that can match its most specific unique key.
+
+        A unique key (PS3.4 C.6.2.1: Study / Series / SOP Instance UID) of a non-universal
+        value is Single Value or List of UID matching (C.2.2.2.1, C.2.2.2.2; UIDs take no
+        wildcards, C.2.2.2.4), so the records not holding one of its UIDs cannot match: an
+        IMAGE query for one instance among thousands then looks at one record. The result
+        is a superset of the matches, in model order; the caller still matches every key.
+        """
+        records = {"PATIENT": self.patients, "STUDY": self.studies, "SERIES": self.series,
+                   "IMAGE": self.images}[level]
+        identifier = getattr(query, "identifier", None)
+        if not isinstance(identifier, Dataset):
+            return records
+        for keyword in _NARROWING_KEYS.get(level, ()):
+            if keyword not in identifier:
+                continue
+            elem = identifier[keyword]
+            if elem.VM == 0:
+                continue
+            uids = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+            if any("*" in u or "?" in u or not u for u in uids):
+                continue
+            index = self._index(level, keyword, records)
+            positions = sorted({i for uid in uids for i in index.get(uid, ())})
+            return [records[i] for i in positions]
+        return records
+
+    def _index(self, level: str, keyword: str,
+               records: list[Dataset]) -> dict[str, list[int]]:
+        with self._index_lock:   # models are shared by every association thread
+            index = self._indexes.get((level, keyword))
+            if index is None:
+                index = {}
+                for position, record in enumerate(records):
+                    value = record.get(keyword)
+                    if value:
+                        index.setdefault(str(value), []).append(position)
+                self._indexes[(level, keyword)] = index
+            return index
+
+
+# Unique keys by which records() narrows, most specific first (PS3.4 C.6.2.1.1).
+_NARROWING_KEYS = {
+    "IMAGE": ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"),
+    "SERIES": ("SeriesInstanceUID", "StudyInstanceUID"),
+    "STUDY": ("StudyInstanceUID",),
+}
 
 
 def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInstance], *,
@@ -272,72 +345,376 @@ def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInsta
     return model
 
 
-class ArchiveIndex:
-    """The finished instances under ``root`` (``<Study>/<Series>/<SOP>.dcm``).
+# --- reading one archived instance -----------------------------------------------------
 
-    Every ``*.dcm`` there is complete (the recorder writes ``*.partial`` and renames), so a
-    scan never sees a half-written file; headers are cached by (mtime, size) so a rescan
-    costs one ``stat`` per file. Unreadable files are skipped and logged once.
+# The indexed header ends at the first top-level element at or after Content Sequence
+# (0040,A730). Every bulk or content element a recorded object carries sorts there or
+# later: the SR content tree (PS3.3 C.17.3, (0040,A730)), Waveform Sequence (C.10.9,
+# (5400,0100)), functional groups (C.7.6.16, group 5200), overlays (C.9.2, 60xx), Pixel Data
+# (C.7.6.3, (7FE0,0010)), Digital Signatures (C.12.1.1.3, (FFFA,FFFA)); and no C-FIND key of
+# PS3.4 C.6.1.1 / C.6.2.1 (patient, study, series, instance levels) lives after it.
+HEADER_END = BaseTag(0x0040A730)
+# A top-level value before HEADER_END larger than this is not loaded (pydicom skips it with
+# a seek): Frame Time Vector (0018,1065) of an hour of video is ~1 MB, and no value that
+# large belongs in a C-FIND answer (the bridge refuses identifiers over 64 KiB anyway).
+DEFER_BYTES = 8192
+_LONG_LENGTH_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
+                              b"UN", b"UR", b"UT", b"UV"))
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+_PIXEL_DATA = (0x7FE0, 0x0010)
+
+FileOpener = Callable[[Path], BinaryIO]
+InstanceReader = Callable[[Path], "ArchivedInstance | None"]
+
+
+def _stop_at_bulk(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >= HEADER_END
+
+
+class _Truncated(Exception):
+    """The file ends inside an element (a partial copy, a full disk)."""
+
+
+def _skip_elements(fp: BinaryIO, size: int, little: bool, implicit: bool,
+                   until_group: int | None = None) -> int:
+    """Walk top-level elements from the current position by their headers alone, seeking
+    over every value (PS3.5 7.1: tag, VR, length). Stops at EOF, or before the first
+    element whose group is not ``until_group`` (file meta), and returns that offset.
+
+    Raises :class:`_Truncated` when a value runs past the end of the file. An undefined
+    length value (PS3.5 7.5) cannot be skipped without parsing it; encapsulated Pixel Data
+    is skipped fragment by fragment (PS3.5 A.4: items of defined length), any other one
+    (a sequence of undefined length, not written by pydicom) must end the file with a
+    Sequence Delimitation Item, checked at the tail, and ends the walk.
+    """
+    end = "<" if little else ">"
+    while True:
+        pos = fp.tell()
+        if pos == size:
+            return pos
+        head = fp.read(8)
+        if len(head) < 8:
+            raise _Truncated(f"element header cut at byte {pos}")
+        group, element = struct.unpack(end + "HH", head[:4])
+        if until_group is not None and group != until_group:
+            fp.seek(pos)
+            return pos
+        if implicit:
+            (length,) = struct.unpack(end + "L", head[4:])
+        elif head[4:6] in _LONG_LENGTH_VRS:
+            more = fp.read(4)
+            if len(more) < 4:
+                raise _Truncated(f"element header cut at byte {pos}")
+            (length,) = struct.unpack(end + "L", more)
+        else:
+            (length,) = struct.unpack(end + "H", head[6:])
+        if length != _UNDEFINED:
+            if fp.tell() + length > size:
+                raise _Truncated(f"({group:04X},{element:04X}) needs {length} bytes, "
+                                 f"{size - fp.tell()} left")
+            fp.seek(length, os.SEEK_CUR)
+        elif (group, element) == _PIXEL_DATA:
+            _skip_fragments(fp, size, end)
+        else:
+            fp.seek(size - 8)
+            if fp.read(8) != struct.pack(end + "HHL", *_SEQUENCE_DELIMITER, 0):
+                raise _Truncated(f"({group:04X},{element:04X}) of undefined length is not "
+                                 "closed at the end of the file")
+            return size
+
+
+def _skip_fragments(fp: BinaryIO, size: int, end: str) -> None:
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise _Truncated("encapsulated Pixel Data cut")
+        group, element, length = struct.unpack(end + "HHL", head)
+        if (group, element) == _SEQUENCE_DELIMITER:
+            return
+        if (group, element) != _ITEM or length == _UNDEFINED or fp.tell() + length > size:
+            raise _Truncated("encapsulated Pixel Data cut or malformed")
+        fp.seek(length, os.SEEK_CUR)
+
+
+def _check_complete(fp: BinaryIO, size: int, transfer_syntax: str | None) -> None:
+    """Raise :class:`_Truncated` unless every top-level element of the file is whole.
+
+    Cost: one header read per top-level element (tens), whatever the bulk size.
+    """
+    fp.seek(0)
+    if fp.read(132)[128:] != b"DICM":   # PS3.10 7.1: 128-byte preamble, then "DICM"
+        fp.seek(0)
+    # PS3.10 7.1: File Meta Information, group 0002, always Explicit VR Little Endian.
+    _skip_elements(fp, size, little=True, implicit=False, until_group=0x0002)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return  # a deflated data set has no element structure on disk; pydicom read it
+    _skip_elements(fp, size, little=transfer_syntax != ExplicitVRBigEndian,
+                   implicit=transfer_syntax == ImplicitVRLittleEndian)
+
+
+def read_instance(path: Path, *, open_file: FileOpener | None = None) -> ArchivedInstance:
+    """Index one archived file: its header up to :data:`HEADER_END`, public elements only.
+
+    Reads the elements before Content Sequence (values over :data:`DEFER_BYTES` skipped),
+    then checks the file's top-level structure by element headers, so the cost does not
+    depend on the Pixel Data, the waveform samples or the SR content tree. Private
+    elements (odd groups, PS3.5 7.8) are dropped at the top level only: nothing is walked.
+    Raises ``InvalidDicomError`` (not DICOM, cut, no SOP Instance UID) or ``OSError``.
+    """
+    opener = open_file or (lambda p: open(p, "rb"))  # noqa: SIM115 - closed below
+    with opener(path) as fp:
+        size = os.fstat(fp.fileno()).st_size if hasattr(fp, "fileno") else None
+        try:
+            full = read_partial(fp, stop_when=_stop_at_bulk, defer_size=DEFER_BYTES)
+        except (EOFError, struct.error, ValueError) as exc:
+            raise InvalidDicomError(f"unreadable header: {exc}") from None
+        if size is None:
+            size = fp.seek(0, os.SEEK_END)
+        transfer_syntax = full.file_meta.get("TransferSyntaxUID")
+        try:
+            _check_complete(fp, size, str(transfer_syntax) if transfer_syntax else None)
+        except _Truncated as exc:
+            raise InvalidDicomError(f"truncated: {exc}") from None
+    header = Dataset()
+    for tag in list(full.keys()):
+        raw = full.get_item(tag, keep_deferred=True)
+        if tag.is_private or raw is None or (raw.value is None and raw.length > DEFER_BYTES):
+            continue  # private, or deferred bulk (never read: the file is closed)
+        header[tag] = full[tag]
+    if not header.get("SOPInstanceUID"):
+        raise InvalidDicomError("no SOP Instance UID")
+    return ArchivedInstance(path, header)
+
+
+def _safe_read(reader: InstanceReader, path: Path) -> ArchivedInstance | None:
+    try:
+        return reader(path)
+    except Exception as exc:  # one bad file must not end the scan of the others
+        log.warning("archive: skipping %s: %s", os.fspath(path), exc)
+        return None
+
+
+def _in_layout(inst: ArchivedInstance) -> bool:
+    """Whether the file sits where the recorder puts it: <Study>/<Series>/<SOP>.dcm."""
+    h = inst.header
+    return (inst.path.stem, inst.path.parent.name, inst.path.parent.parent.name) == \
+        (str(h.get("SOPInstanceUID", "")), str(h.get("SeriesInstanceUID", "")),
+         str(h.get("StudyInstanceUID", "")))
+
+
+@dataclass
+class _Entry:
+    stamp: tuple[int, int, int]      # (inode, mtime_ns, size)
+    instance: ArchivedInstance | None
+
+
+class ArchiveIndex:
+    """The finished instances under ``root``, in the recorder's layout
+    ``<root>/<Study>/<Series>/<SOP>.dcm`` (:mod:`.spool`).
+
+    Only that depth is listed and the recorder's own ``<root>/.spool`` (journals, SQLite
+    index) is never entered; ``*.partial`` files are the spool's unfinished writes and are
+    ignored. Each file is read once (:func:`read_instance`, cost independent of its bulk
+    content) and cached by (inode, mtime, size), so a rescan costs one ``stat`` per file.
+    Unreadable or truncated files are skipped and logged once per version. The same SOP
+    Instance UID in two files is listed once (PS3.4 C.4.1.3: a SOP Instance is unique),
+    preferring the file in its layout place, then the newest; logged once.
+
+    ``reader`` reads one file (tests inject a slow or counting one).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, reader: InstanceReader = read_instance) -> None:
         self.root = Path(root)
-        self._cache: dict[Path, tuple[tuple[int, int], ArchivedInstance | None]] = {}
-        self._lock = threading.Lock()
+        self.reader = reader
+        self._entries: dict[Path, _Entry] = {}
+        self._scan_lock = threading.Lock()     # one scan at a time
+        self._entries_lock = threading.Lock()  # short: guards _entries for indexed()
+        self._warned_duplicates: set[tuple[Path, ...]] = set()
 
-    def scan(self) -> list[ArchivedInstance]:
-        found: list[ArchivedInstance] = []
-        seen: set[Path] = set()
-        with self._lock:
-            if self.root.is_dir():
-                for path in sorted(self.root.rglob(_INSTANCE_FILE)):
-                    try:
-                        st = path.stat()
-                    except OSError:
+    def _list(self) -> dict[Path, tuple[int, int, int]]:
+        """Every ``<Study>/<Series>/<SOP>.dcm`` under root with its stamp (no reads)."""
+        found: dict[Path, tuple[int, int, int]] = {}
+        for study in _subdirs(self.root):
+            if study.name == SPOOL_DIR or study.name.startswith("."):
+                continue  # the recorder's spool state; hidden folders are nobody's series
+            for series in _subdirs(Path(study.path)):
+                try:
+                    files = list(os.scandir(series.path))
+                except OSError:
+                    continue
+                for entry in files:
+                    if not entry.name.endswith(INSTANCE_SUFFIX) or \
+                            entry.name.endswith(PARTIAL_SUFFIX):
                         continue
-                    key = (st.st_mtime_ns, st.st_size)
-                    seen.add(path)
-                    cached = self._cache.get(path)
-                    if cached is None or cached[0] != key:
-                        cached = (key, self._read(path))
-                        self._cache[path] = cached
-                    if cached[1] is not None:
-                        found.append(cached[1])
-            for gone in set(self._cache) - seen:
-                del self._cache[gone]
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue  # removed since listed
+                    if entry.is_file():
+                        found[Path(entry.path)] = (st.st_ino, st.st_mtime_ns, st.st_size)
         return found
 
-    @staticmethod
-    def _read(path: Path) -> ArchivedInstance | None:
-        try:
-            header = dcmread(path, stop_before_pixels=True)
-            header.remove_private_tags()
-            return ArchivedInstance(path, header)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            log.warning("archive: skipping %s: %s", os.fspath(path), exc)
-            return None
+    def scan(self) -> list[ArchivedInstance]:
+        """Rescan the folder; return every valid instance (one per SOP Instance UID)."""
+        with self._scan_lock:
+            listed = self._list() if self.root.is_dir() else {}
+            with self._entries_lock:
+                for gone in set(self._entries) - set(listed):
+                    del self._entries[gone]
+            for path in sorted(listed):
+                entry = self._entries.get(path)
+                if entry is not None and entry.stamp == listed[path]:
+                    continue
+                new = _Entry(listed[path], _safe_read(self.reader, path))
+                with self._entries_lock:
+                    self._entries[path] = new
+            return self.indexed()
+
+    def indexed(self) -> list[ArchivedInstance]:
+        """What is indexed so far (during a scan: the files read until now), deduplicated,
+        in path order."""
+        with self._entries_lock:
+            entries = sorted(self._entries.items())
+        best: dict[str, tuple[tuple[bool, int], ArchivedInstance]] = {}
+        duplicates: dict[str, list[Path]] = {}
+        for path, entry in entries:
+            inst = entry.instance
+            if inst is None:
+                continue
+            uid = str(inst.header.SOPInstanceUID)
+            rank = (_in_layout(inst), entry.stamp[1])
+            if uid in best:
+                duplicates.setdefault(uid, [best[uid][1].path]).append(path)
+                if rank <= best[uid][0]:
+                    continue
+            best[uid] = (rank, inst)
+        for uid, paths in duplicates.items():
+            key = tuple(paths)
+            if key not in self._warned_duplicates:
+                self._warned_duplicates.add(key)
+                log.warning("archive: SOP Instance UID %s in %d files (%s); listing %s", uid,
+                            len(paths), ", ".join(map(os.fspath, paths)),
+                            os.fspath(best[uid][1].path))
+        return sorted((inst for _, inst in best.values()), key=lambda i: i.path)
+
+
+def _subdirs(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 class ModelStore:
     """Thread-safe holder of the live streams and the current :class:`QueryModel`.
 
     The ROS node updates streams from its executor; DICOM handlers (pynetdicom threads)
-    call :meth:`snapshot`, which rebuilds the model only when something changed (or the
-    archive is due a rescan) and otherwise returns the same immutable object.
+    call :meth:`snapshot`, which never waits for the archive: a background thread rescans
+    it every ``archive_rescan_s`` (and when a snapshot finds the last scan older than
+    that), and :meth:`snapshot` rebuilds the model from the cached instances only when a
+    stream, a state or the archive changed; otherwise it returns the same immutable object.
+    Rebuilding reuses each instance's IMAGE record, so a stream change stays cheap with
+    thousands of archived instances.
+
+    The very first snapshot waits at most ``first_scan_wait_s`` for the first scan, then
+    answers from whatever is indexed so far. Call :meth:`close` to stop the thread.
     """
 
     def __init__(self, archive: ArchiveIndex | None = None, *, domain_id: int = 0,
-                 retrieve_ae_title: str = "", archive_rescan_s: float = 1.0) -> None:
+                 retrieve_ae_title: str = "", archive_rescan_s: float = 1.0,
+                 first_scan_wait_s: float = 2.0) -> None:
         self.archive = archive
         self.domain_id = domain_id
         self.retrieve_ae_title = retrieve_ae_title
         self.archive_rescan_s = archive_rescan_s
+        self.first_scan_wait_s = first_scan_wait_s
         self._streams: dict[str, LiveStream] = {}
         self._lock = threading.Lock()
+        self._scanned = threading.Condition(self._lock)   # a scan finished
         self._model: QueryModel | None = None
         self._instances: list[ArchivedInstance] = []
-        self._archive_stamp = -1.0
         self._dirty = True
+        self._scans = 0                      # completed scans
+        self._requests = 0                   # scan requests so far
+        self._served = 0                     # requests covered by the last completed scan
+        self._scan_finished = -float("inf")  # monotonic time of the last completed scan
+        self._wake = threading.Event()       # a scan is wanted now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if archive is not None:
+            self._wake.set()
+            self._thread = threading.Thread(target=self._run, name="archive-index",
+                                            daemon=True)
+            self._thread.start()
+
+    # --- archive thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self.archive is not None
+        while not self._stop.is_set():
+            # Period 0 means "on request only" (every snapshot asks), not a busy loop.
+            self._wake.wait(self.archive_rescan_s or None)
+            if self._stop.is_set():
+                return
+            with self._lock:
+                self._wake.clear()
+                covering = self._requests   # every request so far is served by this scan
+            try:
+                instances = self.archive.scan()
+                # Build new instances' IMAGE records here, not in snapshot() under the lock.
+                for inst in instances:
+                    image_record(inst, retrieve_ae_title=self.retrieve_ae_title)
+            except Exception:  # a bug must not end indexing silently
+                log.exception("archive: scan of %s failed", self.archive.root)
+                instances = None
+            with self._scanned:
+                if instances is not None and (
+                        len(instances) != len(self._instances)
+                        or any(a is not b for a, b in zip(instances, self._instances,
+                                                           strict=True))):
+                    self._instances = instances
+                    self._dirty = True
+                self._scans += 1
+                self._served = covering
+                self._scan_finished = time.monotonic()
+                self._scanned.notify_all()
+
+    def rescan(self, timeout: float | None = None) -> bool:
+        """Ask for a scan starting now; wait up to ``timeout`` s for it (None: do not wait).
+        True when it finished (or there is no archive)."""
+        if self._thread is None:
+            return True
+        with self._scanned:
+            target = self._request()
+            if timeout is None:
+                return False
+            return self._scanned.wait_for(lambda: self._served >= target, timeout)
+
+    def wait_for_scans(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every scan requested so far has finished."""
+        if self._thread is None:
+            return True
+        with self._scanned:
+            target = self._requests
+            return self._scanned.wait_for(lambda: self._served >= target, timeout)
+
+    def _request(self) -> int:
+        # Under the lock. A scan already running may have listed the folder before the
+        # caller's change, so only a scan that starts after this request serves it.
+        self._requests += 1
+        self._wake.set()
+        return self._requests
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the archive thread (a scan in progress finishes its current file)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # --- streams and snapshots ------------------------------------------------------
 
     def set_streams(self, streams: Iterable[LiveStream]) -> None:
         """Replace every live stream at once (keyed by topic)."""
@@ -352,18 +729,20 @@ class ModelStore:
             return list(self._streams.values())
 
     def snapshot(self, now: float | None = None) -> QueryModel:
-        import time
-
+        """The current model; never waits for an archive scan (except the first, bounded
+        by ``first_scan_wait_s``)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if self.archive is not None and now - self._archive_stamp >= self.archive_rescan_s:
-                instances = self.archive.scan()
-                self._archive_stamp = now
-                if [i.path for i in instances] != [i.path for i in self._instances] or \
-                        any(a is not b for a, b in zip(instances, self._instances,
-                                                       strict=True)):
-                    self._instances = instances
-                    self._dirty = True
+            if self._thread is not None:
+                if self._scans == 0 and self._model is None:
+                    if not self._scanned.wait_for(lambda: self._scans > 0,
+                                                  self.first_scan_wait_s):
+                        assert self.archive is not None
+                        self._instances = self.archive.indexed()   # so far
+                        self._dirty = True
+                if now - self._scan_finished >= self.archive_rescan_s and \
+                        not self._wake.is_set():
+                    self._request()   # the scan runs beside this call, not awaited
             if self._dirty or self._model is None:
                 self._model = build_model(self._streams.values(), self._instances,
                                           domain_id=self.domain_id,

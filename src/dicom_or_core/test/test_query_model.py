@@ -168,13 +168,19 @@ def test_model_store_rebuilds_on_change_only():
     assert store.snapshot().series == []
 
 
-def test_model_store_sees_new_archive_files_after_rescan_period(tmp_path):
-    store = m.ModelStore(m.ArchiveIndex(tmp_path), archive_rescan_s=1.0)
-    now = time.monotonic()
-    assert store.snapshot(now).images == []
-    write_instance(tmp_path, STUDY, "1.2.3.4.5")
-    assert store.snapshot(now + 0.1).images == []   # within the rescan period: cached
-    assert len(store.snapshot(now + 1.2).images) == 1
+def test_model_store_sees_new_archive_files_after_a_background_rescan(tmp_path):
+    store = m.ModelStore(m.ArchiveIndex(tmp_path), archive_rescan_s=3600.0)
+    try:
+        now = time.monotonic()
+        assert store.snapshot(now).images == []       # the first scan (empty folder)
+        write_instance(tmp_path, STUDY, "1.2.3.4.5")
+        assert store.snapshot(now + 0.1).images == []   # within the rescan period: cached
+        # Past the period: the snapshot starts a rescan beside it and answers at once.
+        assert store.snapshot(now + 3601).images == []
+        assert store.wait_for_scans(10)
+        assert len(store.snapshot(now + 3601.1).images) == 1
+    finally:
+        store.close()
 
 
 # --- C-FIND over the model at every level of both roots ------------------------------
@@ -233,3 +239,35 @@ def test_find_image_level(model):
     assert _find(model, q.PATIENT_ROOT, QueryRetrieveLevel="IMAGE", PatientID="P-002",
                  StudyInstanceUID=STUDY, SeriesInstanceUID="1.2.826.0.1.3680043.8.498.10") \
         == []
+
+
+def test_records_narrowed_by_unique_keys_hold_every_match(tmp_path):
+    series = "1.2.826.0.1.3680043.8.498.10"
+    for n in range(30):
+        write_instance(tmp_path, STUDY, series if n % 2 else "1.2.3.4.5", sop=f"1.2.3.9.{n}")
+    model = m.build_model([m.LiveStream(video())], m.ArchiveIndex(tmp_path).scan())
+
+    def query(level, **keys):
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        for key, value in keys.items():
+            setattr(ds, key, value)
+        return q.parse_identifier(ds, q.STUDY_ROOT)
+
+    one = query("IMAGE", StudyInstanceUID=STUDY, SeriesInstanceUID=series,
+                SOPInstanceUID="1.2.3.9.7", InstanceNumber="")
+    assert [str(r.SOPInstanceUID) for r in model.records("IMAGE", one)] == ["1.2.3.9.7"]
+    listed = query("IMAGE", StudyInstanceUID=STUDY, SeriesInstanceUID=series,
+                   SOPInstanceUID=["1.2.3.9.9", "1.2.3.9.3"])
+    assert {str(r.SOPInstanceUID) for r in model.records("IMAGE", listed)} == \
+        {"1.2.3.9.9", "1.2.3.9.3"}
+    for ident in (query("IMAGE", StudyInstanceUID=STUDY, SeriesInstanceUID=series),
+                  query("IMAGE", StudyInstanceUID=STUDY, SeriesInstanceUID=series,
+                        InstanceNumber="1"),
+                  query("SERIES", StudyInstanceUID=STUDY, Modality="")):
+        narrowed = model.records(ident.level, ident)
+        every = model.records(ident.level)
+        assert list(q.find(narrowed, ident)) == list(q.find(every, ident))
+        assert len(narrowed) <= len(every)
+    assert len(model.records("IMAGE", query("IMAGE", StudyInstanceUID=STUDY,
+                                             SeriesInstanceUID=series))) == 15
