@@ -25,10 +25,32 @@ from functools import partial
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context, evt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    HEVCMP51,
+    MPEG2MPHL,
+    MPEG2MPML,
+    MPEG4HP41,
+    MPEG4HP422D,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MPEGTransferSyntaxes,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    StoragePresentationContexts,
+    _config,
+    build_context,
+    evt,
+)
 from pynetdicom import sop_class as sc
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 
 from dicom_or_core import query as q
 from dicom_or_core.errors import DicomOrError
@@ -79,6 +101,143 @@ def _let_peer_speak(event: evt.Event, timeout_s: float) -> None:
             and time.monotonic() < deadline:
         time.sleep(_DRAIN_POLL_S)  # pynetdicom offers no event for "queue drained"
     time.sleep(_DRAIN_POLL_S)
+
+
+# --- transfer syntaxes of the C-STORE sub-operations ------------------------------------
+#
+# A presentation context is accepted with ONE transfer syntax (PS3.8 9.3.3.2), and
+# pynetdicom 3.0.4's acceptor takes the first of ITS OWN list that the requestor offers in
+# that context (presentation.negotiate_as_acceptor walks the acceptor's transfer syntaxes,
+# not the requestor's order; PS3.8 leaves the choice to the acceptor). So the order below
+# decides what a C-GET requestor that offers several syntaxes in one context gets.
+#
+# The archive holds what the recorder writes: video instances in the MPEG transfer syntax
+# its encoder chose (PS3.5 8.2.5-8.2.10; dicom_or_core.video_codec), which cannot be
+# transcoded; everything else (waveforms, SR, snapshots) in Explicit VR Little Endian.
+# Preferring exactly those lets the instance go out byte for byte, straight from its file.
+
+# The video syntaxes the recorder writes, most frequent first (H.264 Level 4.1 is 1080p30),
+# then the other MPEG syntaxes (a video from elsewhere).
+_RECORDED_VIDEO_SYNTAXES = (MPEG4HP41, MPEG4HP422D, HEVCMP51, MPEG2MPHL, MPEG2MPML)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                 DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+VIDEO_STORAGE = frozenset({sc.VideoEndoscopicImageStorage, sc.VideoMicroscopicImageStorage,
+                           sc.VideoPhotographicImageStorage})
+
+
+def _ordered(*groups: tuple[str, ...] | list[str]) -> list[str]:
+    """The transfer syntaxes of ``groups`` in order, each once."""
+    return list(dict.fromkeys(uid for group in groups for uid in group))
+
+
+def storage_transfer_syntaxes(sop_class_uid: str) -> list[str]:
+    """The bridge's transfer syntax preference, as acceptor, for the C-STORE
+    sub-operations of a C-GET of ``sop_class_uid`` (see the comment above): for the video
+    SOP classes (PS3.3 A.32.5-A.32.7) the MPEG syntaxes first, for every other class
+    Explicit VR Little Endian first (the archive's encoding: no conversion), then Implicit
+    VR Little Endian (pynetdicom converts explicit <-> implicit), then the rest, so a
+    requestor offering only a compressed syntax still gets an instance stored that way."""
+    if sop_class_uid in VIDEO_STORAGE:
+        return _ordered(_RECORDED_VIDEO_SYNTAXES, MPEGTransferSyntaxes, _UNCOMPRESSED,
+                        ALL_TRANSFER_SYNTAXES)
+    return _ordered(_UNCOMPRESSED, ALL_TRANSFER_SYNTAXES)
+
+
+# --- C-STORE sub-operations straight from the archived file ------------------------------
+#
+# pynetdicom 3.0.4's C-GET and C-MOVE service classes take only Datasets from the handler
+# (anything else is counted as a failed sub-operation) and encode each one whole in memory
+# before the C-STORE-RQ leaves: a 300 MB video was read, then copied, before the first
+# byte, and a large SR converted element by element. Association.send_c_store() itself can
+# send a file path in chunks of the peer's maximum PDU size without decoding it
+# (_config.STORE_SEND_CHUNKED_DATASET), given a presentation context with exactly the
+# file's transfer syntax. The handlers therefore yield an ArchivedFile placeholder (UIDs
+# and File Meta only), and the association that sends it gets a send_c_store() that
+# passes the file's path when an exact context was accepted, and the fully read Dataset
+# (pynetdicom converts explicit <-> implicit VR) only when it must.
+#
+# With chunked sending on, pynetdicom's send_c_store(<path>) never converts; the bridge
+# process sends paths only through the wrapper below, which checks the context first.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+# The DUL queue between send_c_store() and the socket is unbounded, and reading a file is
+# faster than the network: without a bound, the whole file sat in the queue (~file size of
+# RSS). At most this many P-DATA PDUs (max PDU size each, 16 KiB for dcmtk) wait there.
+_MAX_QUEUED_PDUS = 64
+
+
+class ArchivedFile(Dataset):
+    """An archived instance as pynetdicom's C-GET / C-MOVE loop sees it: SOP Class UID,
+    SOP Instance UID (for the Failed SOP Instance UID List, PS3.4 C.4.2.1.4.3) and the
+    File Meta Information; the data set itself stays in ``path`` until it is sent."""
+
+    def __init__(self, path: Path, file_meta: FileMetaDataset) -> None:
+        super().__init__()
+        self.file_meta = file_meta
+        self.SOPClassUID = file_meta.MediaStorageSOPClassUID
+        self.SOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
+        self.source_path = path
+
+    @classmethod
+    def open(cls, path: Path) -> ArchivedFile | None:
+        """The placeholder of the file at ``path`` from its File Meta Information (PS3.10
+        7.1) alone, or None when the file is gone or is no DICOM file."""
+        try:
+            meta, _ = split_dataset(path)
+            for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                            "TransferSyntaxUID"):
+                if not meta.get(keyword):
+                    raise ValueError(f"no {keyword} in the File Meta Information")
+        except Exception as exc:  # file vanished or broke since the scan
+            log.warning("cannot read %s: %s", path, exc)
+            return None
+        return cls(path, FileMetaDataset(meta))
+
+    @property
+    def transfer_syntax(self) -> UID:
+        return UID(self.file_meta.TransferSyntaxUID)
+
+    def payload(self, assoc: Association) -> Path | Dataset:
+        """What ``assoc`` should send: the path when a context with this SOP class, the
+        file's own transfer syntax and the SCU role (the bridge sends the C-STORE-RQ) was
+        accepted, else the whole data set for pynetdicom to convert."""
+        exact = any(cx.abstract_syntax == self.SOPClassUID and cx.as_scu
+                    and cx.transfer_syntax[0] == self.transfer_syntax
+                    for cx in assoc.accepted_contexts)
+        return self.source_path if exact else dcmread(self.source_path)
+
+
+def send_from_files(assoc: Association) -> None:
+    """Make ``assoc`` send ArchivedFile placeholders from their files (see above) and
+    bound its outgoing PDU queue; idempotent. Call it from the thread that sends."""
+    if getattr(assoc.send_c_store, "sends_from_files", False):
+        return
+    send_c_store = assoc.send_c_store
+
+    def from_file(dataset: Dataset | Path | str, *args: object, **kwargs: object) -> Dataset:
+        if isinstance(dataset, ArchivedFile):
+            dataset = dataset.payload(assoc)
+        return send_c_store(dataset, *args, **kwargs)
+
+    from_file.sends_from_files = True  # type: ignore[attr-defined]
+    # An instance attribute shadows the method for this association only: pynetdicom's
+    # service classes call self.assoc.send_c_store(dataset, msg_id=...).
+    assoc.send_c_store = from_file  # type: ignore[method-assign]
+    dul = getattr(assoc, "dul", None)
+    outgoing = getattr(dul, "to_provider_queue", None)
+    if outgoing is None:  # another pynetdicom layout: unbounded, as before
+        return
+    send_pdu = dul.send_pdu
+
+    def bounded(primitive: object) -> None:
+        # Only the sending thread waits here; the DUL thread drains the queue. Once the
+        # association is gone nothing drains it: stop waiting, the PDU is dropped with it.
+        while outgoing.qsize() >= _MAX_QUEUED_PDUS and assoc.is_established \
+                and dul.is_alive():
+            time.sleep(_DRAIN_POLL_S)
+        send_pdu(primitive)
+
+    dul.send_pdu = bounded
 
 
 def parse_destination(text: str) -> tuple[str, str, int]:
@@ -134,6 +293,20 @@ def tls_context(config: ScpConfig) -> ssl.SSLContext | None:
 SnapshotProvider = Callable[[str], "Dataset | None"]
 
 
+def next_instance_number(images: list[Dataset], series_uid: str) -> int:
+    """One above the highest Instance Number among the IMAGE records of ``series_uid``
+    (1 for a Series with none). A record without a usable number counts as 0."""
+    highest = 0
+    for image in images:
+        if str(image.get("SeriesInstanceUID", "")) != series_uid:
+            continue
+        try:
+            highest = max(highest, int(image.get("InstanceNumber") or 0))
+        except (TypeError, ValueError):  # a malformed IS in some archived header
+            continue
+    return highest + 1
+
+
 class BridgeScp:
     """A pynetdicom server answering from ``store``. ``start()`` returns the bound port.
 
@@ -168,9 +341,11 @@ class BridgeScp:
         for uid in (*FIND_ROOTS, *MOVE_ROOTS, *GET_ROOTS):
             ae.add_supported_context(uid)
         # C-GET sends the instances back over the same association: accept the storage
-        # classes with the SCP role the requestor proposes through role selection.
+        # classes with the SCP role the requestor proposes through role selection, each
+        # with the transfer syntax order that lets the archived file go out as stored.
         for context in StoragePresentationContexts[:128 - len(ae.supported_contexts)]:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES,
+            uid = context.abstract_syntax
+            ae.add_supported_context(uid, storage_transfer_syntaxes(uid),
                                      scu_role=True, scp_role=True)
         return ae
 
@@ -313,7 +488,9 @@ class BridgeScp:
         query, _ = self._parse(event, roots)
         model = self.store.snapshot()
         paths = []
-        for record in q.matching_records(model.records(query.level), query):
+        # records(level, query): only the records holding the query's unique key (a
+        # superset of the matches); matching_records still checks every key.
+        for record in q.matching_records(model.records(query.level, query), query):
             if live_video is not None and query.level == "SERIES" and record.get("Rows") \
                     and str(record.get("RetrieveURL") or "").startswith("ros2:"):
                 live_video.append(str(record.SeriesInstanceUID))
@@ -329,14 +506,6 @@ class BridgeScp:
                              if str(img.get(keyword, "")) == value)
         return paths
 
-    @staticmethod
-    def _load(path: Path) -> Dataset | None:
-        try:
-            return dcmread(path)
-        except Exception as exc:  # file vanished or broke since the scan
-            log.warning("cannot read %s: %s", path, exc)
-            return None
-
     def _on_get(self, event: evt.Event) -> Iterator[object]:
         live: list[str] = []
         try:
@@ -347,8 +516,11 @@ class BridgeScp:
             yield 1
             yield exc.status_dataset(), None
             return
+        # The instances go back over this association, from their files.
+        send_from_files(event.assoc)
         # Files, then the live snapshots, taken only when their turn comes.
-        loaders = [partial(self._load, path) for path in paths]
+        loaders: list[Callable[[], Dataset | None]] = [
+            partial(ArchivedFile.open, path) for path in paths]
         loaders += [partial(self._take_snapshot, uid) for uid in live]
         yield from self._deliver(event, loaders)
 
@@ -371,33 +543,40 @@ class BridgeScp:
         # Snapshots are taken before the sub-association is requested: their SOP class
         # and transfer syntax must be among the proposed presentation contexts.
         snapshots = [self._take_snapshot(uid) for uid in live]
-        # Propose exactly the (SOP class, transfer syntax) pairs the instances need.
+        # The File Meta of every file (not the data sets): propose exactly the
+        # (SOP class, transfer syntax) pairs the instances need, so each goes as stored.
+        files = [ArchivedFile.open(path) for path in paths]
         contexts = {}
-        for path in paths:
-            meta = self._load_meta(path)
-            if meta is not None:
-                contexts.setdefault(meta, None)
-        for image in snapshots:
-            if image is not None:
-                contexts.setdefault((str(image.file_meta.MediaStorageSOPClassUID),
-                                     str(image.file_meta.TransferSyntaxUID)), None)
+        for ds in [*files, *snapshots]:
+            if ds is not None:
+                contexts.setdefault((str(ds.file_meta.MediaStorageSOPClassUID),
+                                     str(ds.file_meta.TransferSyntaxUID)), None)
         if not contexts:
             # Nothing readable, nothing captured: pynetdicom opens the sub-association
             # before the final status can be given, and needs some context to propose.
             contexts[(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)] = None
-        kwargs = {"contexts": [build_context(sop, [ts]) for sop, ts in contexts][:128]}
+        # pynetdicom opens the sub-association itself; its EVT_ACCEPTED handler (run
+        # before associate() returns) hands it over so that it can send from the files.
+        sub_association: list[Association] = []
+        kwargs = {"contexts": [build_context(sop, [ts]) for sop, ts in contexts][:128],
+                  "evt_handlers": [(evt.EVT_ACCEPTED,
+                                    lambda sub: sub_association.append(sub.assoc))]}
         yield address[0], address[1], kwargs
-        loaders = [partial(self._load, path) for path in paths]
-        loaders += [lambda image=image: image for image in snapshots]
-        yield from self._deliver(event, loaders)
+        loaders = [lambda ds=ds: ds for ds in [*files, *snapshots]]
+        yield from self._deliver(event, loaders, sub_association)
 
-    def _deliver(self, event: evt.Event,
-                 loaders: list[Callable[[], Dataset | None]]) -> Iterator[object]:
+    def _deliver(self, event: evt.Event, loaders: list[Callable[[], Dataset | None]],
+                 sub_association: list[Association] | None = None) -> Iterator[object]:
         """The C-GET / C-MOVE sub-operations after the destination: their number, then one
         Pending per instance. An instance that cannot be produced (file gone since the scan,
         no current frame) is skipped, not ended on: pynetdicom counts the ones never sent
         as failed sub-operations in the final response, which is Warning 0xB000 (PS3.4
-        C.4.2.1.5, C.4.3.1.4), or Failure 0xC000 when none could be produced."""
+        C.4.2.1.5, C.4.3.1.4), or Failure 0xC000 when none could be produced.
+
+        Archived files are yielded as :class:`ArchivedFile` placeholders, sent from their
+        files by the association :func:`send_from_files` prepared: for C-MOVE
+        ``sub_association`` holds it once pynetdicom has opened it (it resumes this
+        generator only after that); without it a placeholder is read whole instead."""
         yield len(loaders)
         missing = 0
         for load in loaders:
@@ -405,6 +584,11 @@ class BridgeScp:
                 yield q.CANCEL, None
                 return
             ds = load()
+            if isinstance(ds, ArchivedFile) and sub_association is not None:
+                if sub_association:
+                    send_from_files(sub_association[0])
+                else:  # never expected: a placeholder must not reach pynetdicom as is
+                    ds = self._read_whole(ds.source_path)
             if ds is None:
                 missing += 1
             else:
@@ -416,7 +600,11 @@ class BridgeScp:
                                "be read or captured").status_dataset(), None
 
     def _take_snapshot(self, series_uid: str) -> Dataset | None:
-        """The current frame of a live video Series as a DICOM image, or None (logged)."""
+        """The current frame of a live video Series as a DICOM image, or None (logged).
+
+        It is a new instance of the Series, so its Instance Number (0020,0013), which
+        identifies the image within the Series (PS3.3 C.7.6.1.1), is one above the highest
+        archived one there: it never repeats a recorded instance's number."""
         try:
             image = self.snapshot(series_uid) if self.snapshot else None
         except Exception:  # a broken frame must not end the association
@@ -424,12 +612,14 @@ class BridgeScp:
             return None
         if image is None:
             self.log.warning("no current frame of live series %s to snapshot", series_uid)
+            return None
+        image.InstanceNumber = next_instance_number(self.store.snapshot().images, series_uid)
         return image
 
     @staticmethod
-    def _load_meta(path: Path) -> tuple[str, str] | None:
+    def _read_whole(path: Path) -> Dataset | None:
         try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            return str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID)
-        except Exception:
+            return dcmread(path)
+        except Exception as exc:  # file vanished or broke since the scan
+            log.warning("cannot read %s: %s", path, exc)
             return None

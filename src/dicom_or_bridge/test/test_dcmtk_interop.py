@@ -1,5 +1,6 @@
 """Interoperability with real dcmtk peers: findscu (Patient and Study Root, every level,
-wildcard and range queries), getscu, and movescu into a storescp."""
+wildcard and range queries), getscu (also of an H.264 video), and movescu into a
+storescp."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from bridge_fixtures import (
     write_instance,
 )
 from pydicom import dcmread
+from pydicom.uid import MPEG4HP41
+from test_scp import write_video
 
 from dicom_or_bridge.snapshot import snapshot_dataset
 from dicom_or_core.peers import have, run_tool
@@ -165,6 +168,30 @@ def test_movescu_of_a_live_video_series_delivers_archive_and_current_frame(tmp_p
     assert snap.SeriesInstanceUID == VIDEO_SERIES and snap.StudyInstanceUID == STUDY
     assert (snap.Rows, snap.Columns, snap.PhotometricInterpretation) == (4, 6, "RGB")
     assert snap.PixelData == pixels.tobytes()
+    # A new instance of the Series: numbered after the archived one (1), not 1 again.
+    assert snap.InstanceNumber == 2
+
+
+def test_getscu_retrieves_an_h264_video_as_archived(tmp_path):
+    """getscu +xn ("prefer MPEG4 AVC/H.264 HP / Level 4.1" for the storage contexts of its
+    C-GET): the video arrives in 1.2.840.10008.1.2.4.102 with its bit stream unchanged."""
+    archive = tmp_path / "archive"
+    sop = "1.2.826.0.1.3680043.8.498.700.1"
+    archived = dcmread(write_video(archive, sop, size=3 * 2**20 + 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    with running_scp(archive) as scp:
+        result = run_tool([tool("getscu"), "-S", "+xn", "-aec", "DICOM_OR", "-od", str(out),
+                           "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={STUDY}",
+                           "-k", f"SeriesInstanceUID={VIDEO_SERIES}",
+                           "-k", f"SOPInstanceUID={sop}", "127.0.0.1", str(scp.port)],
+                          timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    [path] = list(out.iterdir())
+    got = dcmread(path)
+    assert got.SOPInstanceUID == sop
+    assert got.file_meta.TransferSyntaxUID == MPEG4HP41
+    assert got.PixelData == archived.PixelData
 
 
 def _make_pki(tmp_path: Path) -> dict[str, Path]:

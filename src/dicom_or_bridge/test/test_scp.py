@@ -18,9 +18,13 @@ from bridge_fixtures import (
     running_scp,
     write_instance,
 )
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pydicom.encaps import encapsulate
+from pydicom.uid import MPEG4HP41, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom import sop_class as sc
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from dicom_or_core.ros2_uri import parse
@@ -476,3 +480,211 @@ def test_c_move_of_a_live_video_series_without_a_frame_is_a_failed_sub_operation
             assoc.release()
     finally:
         server.shutdown()
+
+
+# --- retrieval: transfer syntaxes, sending from file, live snapshot numbering -------------
+
+GET = sc.StudyRootQueryRetrieveInformationModelGet
+MOVE = sc.StudyRootQueryRetrieveInformationModelMove
+VIDEO = sc.VideoEndoscopicImageStorage
+
+
+def write_video(root, sop: str, number: int = 1, size: int = 4096, series: str = VIDEO_SERIES):
+    """An archived Video Endoscopic instance as the recorder stores it: H.264 High Profile
+    Level 4.1 (1.2.840.10008.1.2.4.102), the bit stream (``size`` random bytes: a transfer
+    needs no decodable stream) encapsulated in 4 MiB fragments."""
+    import numpy as np
+
+    path = write_instance(root, series=series, sop=sop, number=number)
+    ds = dcmread(path)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = VIDEO
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 1080, 1920, 30
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_PARTIAL_420"
+    ds.PlanarConfiguration = 0
+    stream = np.random.default_rng(number).integers(0, 256, size, np.uint8).tobytes()
+    ds.PixelData = encapsulate([stream], fragments_per_frame=max(1, size // 2**22),
+                               has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def stored_bytes(path) -> bytes:
+    """The data set of a DICOM file as encoded there (without its File Meta)."""
+    _, offset = split_dataset(path)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def c_get(port, identifier, contexts, roles, on_store, max_pdu=16382):
+    """Final status of one C-GET whose requestor proposes exactly ``contexts``."""
+    ae = AE(ae_title="TEST_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(GET)
+    ae.requested_contexts.extend(contexts)  # one context each, as given
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_OR",
+                         ext_neg=[build_role(uid, scp_role=True) for uid in roles],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(identifier, GET))
+        assert responses and responses[-1][0], "no final response"
+        return responses[-1][0]
+    finally:
+        assoc.release()
+
+
+def image(sop: str, series: str = VIDEO_SERIES) -> Dataset:
+    return ident(QueryRetrieveLevel="IMAGE", StudyInstanceUID=STUDY,
+                 SeriesInstanceUID=series, SOPInstanceUID=sop)
+
+
+class Received:
+    """What a C-STORE SCP got: (SOP Instance UID, transfer syntax, raw data set bytes)."""
+
+    def __init__(self):
+        self.items: list[tuple[str, str, bytes]] = []
+
+    def __call__(self, event) -> int:
+        self.items.append((str(event.request.AffectedSOPInstanceUID),
+                           str(event.context.transfer_syntax),
+                           event.request.DataSet.getvalue()))
+        return 0x0000
+
+
+def test_c_get_of_h264_video_offered_with_implicit_explicit_h264_in_one_context(tmp_path):
+    """One presentation context [Implicit, Explicit, H.264 .102] for Video Endoscopic: the
+    bridge accepts H.264 (video cannot be transcoded) and the instance arrives exactly as
+    archived, transfer syntax and bytes (PS3.4 C.4.3.3: sent as stored)."""
+    path = write_video(tmp_path, "1.2.3.7.1")
+    got = Received()
+    with running_scp(tmp_path) as scp:
+        final = c_get(scp.port, image("1.2.3.7.1"), [build_context(
+            VIDEO, [ImplicitVRLittleEndian, ExplicitVRLittleEndian, MPEG4HP41])], [VIDEO], got)
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 1)
+    [(sop, syntax, data)] = got.items
+    assert (sop, syntax) == ("1.2.3.7.1", MPEG4HP41)
+    assert data == stored_bytes(path)  # bit-identical, pixel data included
+
+
+def test_c_get_of_uncompressed_instance_prefers_explicit_vr_and_converts_only_if_it_must(
+        tmp_path):
+    """[Implicit, Explicit] in one context: Explicit VR Little Endian, the archive's own
+    encoding, wins and the file goes unchanged; a requestor offering Implicit only still
+    gets the instance, converted by pynetdicom."""
+    path = write_instance(tmp_path, sop="1.2.3.8.1")
+    both, implicit = Received(), Received()
+    with running_scp(tmp_path) as scp:
+        final = c_get(scp.port, image("1.2.3.8.1"), [build_context(
+            sc.SecondaryCaptureImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])],
+            [sc.SecondaryCaptureImageStorage], both)
+        assert final.Status == 0x0000
+        final = c_get(scp.port, image("1.2.3.8.1"), [build_context(
+            sc.SecondaryCaptureImageStorage, [ImplicitVRLittleEndian])],
+            [sc.SecondaryCaptureImageStorage], implicit)
+        assert final.Status == 0x0000
+    [(_, syntax, data)] = both.items
+    assert syntax == ExplicitVRLittleEndian and data == stored_bytes(path)
+    [(_, syntax, data)] = implicit.items
+    assert syntax == ImplicitVRLittleEndian
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    converted = read_dataset(DicomBytesIO(data), is_implicit_VR=True, is_little_endian=True)
+    assert converted.SOPInstanceUID == "1.2.3.8.1"
+    assert converted.PixelData == dcmread(path).PixelData
+
+
+def test_large_instances_are_sent_from_their_files_by_c_get_and_c_move(tmp_path,
+                                                                       monkeypatch):
+    """A 48 MiB video goes out file to file: the bridge never decodes it (its dcmread is
+    made to fail here), C-GET and C-MOVE deliver it bit-identical, and an instance whose
+    file vanished before its turn is a failed sub-operation (Warning 0xB000, PS3.4
+    C.4.2.1.5) while the other still arrives."""
+    import dicom_or_bridge.scp as scp_module
+
+    big = write_video(tmp_path, "1.2.3.9.1", size=48 * 2**20)
+    small = write_video(tmp_path, "1.2.3.9.2", number=2)
+    big_bytes = stored_bytes(big)
+
+    def no_dcmread(*args, **kwargs):
+        raise AssertionError("the bridge read a whole archived file")
+
+    monkeypatch.setattr(scp_module, "dcmread", no_dcmread)
+    moved = Received()
+    store_ae = AE(ae_title="STORE_SCP")
+    store_ae.add_supported_context(VIDEO, MPEG4HP41)
+    server = store_ae.start_server(("127.0.0.1", 0), block=False,
+                                   evt_handlers=[(evt.EVT_C_STORE, moved)])
+    got = Received()
+    try:
+        with running_scp(tmp_path, move_destinations={
+                "STORE_SCP": ("127.0.0.1", server.server_address[1])}) as scp:
+            final = c_get(scp.port, image("1.2.3.9.1"),
+                          [build_context(VIDEO, [MPEG4HP41])], [VIDEO], got)
+            assert final.Status == 0x0000
+            assoc = scu(MOVE).associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+            statuses = [s.Status for s, _ in assoc.send_c_move(
+                ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                      SeriesInstanceUID=VIDEO_SERIES), "STORE_SCP", MOVE)]
+            assoc.release()
+            assert statuses[-1] == 0x0000
+
+            # The other file disappears while the first instance is being stored.
+            partial = Received()
+
+            def store_then_lose_the_other(event):
+                other = small if event.request.AffectedSOPInstanceUID == "1.2.3.9.1" else big
+                other.unlink(missing_ok=True)
+                return partial(event)
+
+            final = c_get(scp.port, ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                                          SeriesInstanceUID=VIDEO_SERIES),
+                          [build_context(VIDEO, [MPEG4HP41])], [VIDEO],
+                          store_then_lose_the_other)
+    finally:
+        server.shutdown()
+    [(sop, syntax, data)] = got.items
+    assert (sop, syntax) == ("1.2.3.9.1", MPEG4HP41)
+    assert data == big_bytes
+    assert sorted(sop for sop, _, _ in moved.items) == ["1.2.3.9.1", "1.2.3.9.2"]
+    assert all(syntax == MPEG4HP41 for _, syntax, _ in moved.items)
+    assert (final.Status, final.NumberOfCompletedSuboperations,
+            final.NumberOfFailedSuboperations) == (0xB000, 1, 1)
+    assert len(partial.items) == 1
+
+
+def test_live_snapshot_gets_an_instance_number_of_its_own(tmp_path):
+    """The snapshot is a new instance of the live Series: its Instance Number is above
+    every archived instance's number there (recorded 1 and 4), never a repeat of one."""
+    import numpy as np
+    from bridge_fixtures import video
+
+    from dicom_or_bridge.snapshot import snapshot_dataset
+
+    write_instance(tmp_path, sop="1.2.3.10.1", number=1)
+    write_instance(tmp_path, sop="1.2.3.10.4", number=4)
+    write_instance(tmp_path, series=ECG_SERIES, sop="1.2.3.10.9", number=9)  # other series
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    got = []
+
+    def on_store(event):
+        got.append(event.dataset)
+        return 0x0000
+
+    with running_scp(tmp_path, snapshot=lambda uid: snapshot_dataset(video(), pixels,
+                                                                     "rgb8")) as scp:
+        final = c_get(scp.port, ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY,
+                                      SeriesInstanceUID=VIDEO_SERIES),
+                      [build_context(sc.SecondaryCaptureImageStorage, [ExplicitVRLittleEndian]),
+                       build_context(sc.VLEndoscopicImageStorage, [ExplicitVRLittleEndian])],
+                      [sc.SecondaryCaptureImageStorage, sc.VLEndoscopicImageStorage], on_store)
+    assert final.Status == 0x0000
+    numbers = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for ds in got}
+    assert len(numbers) == 3
+    snapshot = [n for sop, n in numbers.items() if not sop.startswith("1.2.3.10.")]
+    assert snapshot == [5]
