@@ -167,3 +167,99 @@ def test_last_instance_number_counts_index_journals_and_quarantine(tmp_path):
     spool.quarantine(left.directory, "test")
     assert Spool(tmp_path).last_instance_number(ds.SeriesInstanceUID) == 7
     assert Spool(tmp_path).last_instance_number("1.2.3.999") == 0
+
+
+def test_a_journal_this_process_opened_is_never_a_leftover(tmp_path):
+    """The restart race: recovery must not touch a segment being created right now."""
+    spool = Spool(tmp_path)
+    mine = spool.open_journal({"sop_instance_uid": "1.2.3"})
+    mine.append(b"acknowledged")
+    assert spool.journals() == []
+    assert spool.recover(lambda j: pytest.fail("finalised a live segment")) \
+        .journals_finalised == 0
+    assert mine.directory.is_dir()
+    assert [j.directory for j in Spool(tmp_path).journals()] == [mine.directory]
+
+
+def test_unreadable_meta_with_samples_is_quarantined_never_deleted(tmp_path):
+    spool = Spool(tmp_path)
+    journal = spool.open_journal({"sop_instance_uid": "1.2.3"})
+    journal.append(b"acknowledged sample")
+    journal.close()
+    (journal.directory / "meta.json").write_bytes(b"\x00garbage{")
+    empty = spool.open_journal({"sop_instance_uid": "1.2.4"})
+    (empty.directory / "meta.json").unlink()  # died before its first sample
+    assert Spool(tmp_path).journals() == []
+    kept = tmp_path / ".spool" / "quarantine" / journal.directory.name
+    assert (kept / "data.jnl").is_file()
+    assert "meta.json" in (kept / "QUARANTINED.txt").read_text()
+    assert not empty.directory.exists()
+
+
+def test_a_journal_that_cannot_be_finalised_is_quarantined_and_the_rest_recovered(tmp_path):
+    spool = Spool(tmp_path)
+    bad = spool.open_journal({"sop_instance_uid": "1.2.3", "n": 1})
+    bad.append(b"x")
+    good_ds = instance()
+    good = spool.open_journal({"sop_instance_uid": good_ds.SOPInstanceUID, "n": 2})
+    good.append(b"y")
+
+    def finalise(journal):
+        if journal.meta["n"] == 1:
+            raise KeyError("descriptor")
+        return good_ds
+
+    report = Spool(tmp_path).recover(finalise)
+    assert (report.journals_finalised, report.journals_quarantined) == (1, 1)
+    assert "KeyError" in report.problems[0]
+    assert (tmp_path / ".spool" / "quarantine" / bad.directory.name / "data.jnl").is_file()
+
+
+def test_damage_mid_journal_keeps_the_records_before_and_says_so(tmp_path):
+    spool = Spool(tmp_path)
+    journal = spool.open_journal({"sop_instance_uid": "1.2.3"})
+    for k in range(10):
+        journal.append(bytes([k]) * 100)
+    journal.close()
+    data = bytearray(journal.data_path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # one flipped byte a third of the way in
+    journal.data_path.write_bytes(bytes(data))
+    kept = []
+
+    def finalise(j):
+        kept.extend(j.records())
+        return instance()
+
+    report = Spool(tmp_path).recover(finalise)
+    assert 0 < len(kept) < 10 and kept == [bytes([k]) * 100 for k in range(len(kept))]
+    assert report.journals_finalised == 1
+    assert any(f"record {len(kept) + 1}" in p for p in report.problems), report.problems
+
+
+def test_pixel_data_written_file_to_file(tmp_path):
+    """An instance whose Pixel Data is copied from a file: encapsulated fragments of at
+    most the fragment size, an odd-length stream padded, read back intact by pydicom."""
+    from pydicom.encaps import generate_fragments
+
+    from dicom_or_core.iod.bulk import EncapsulatedFile, NativeFrames
+    from dicom_or_core.spool import PendingInstance
+
+    stream = tmp_path / "stream.bin"
+    payload = os.urandom(10_001)
+    stream.write_bytes(payload)
+    ds = instance()
+    del ds.WaveformSequence
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # H.264: encapsulated
+    spool = Spool(tmp_path / "archive")
+    path = spool.write_instance(PendingInstance(ds, EncapsulatedFile(stream, 4096)))
+    back = pydicom.dcmread(path)
+    offset_table, *fragments = generate_fragments(back.PixelData)
+    assert offset_table == b""  # empty Basic Offset Table (PS3.5 A.4)
+    assert [len(f) for f in fragments] == [4096, 4096, 1810]
+    assert b"".join(fragments) == payload + b"\0"
+    # A writer that fails leaves neither the instance nor a partial file.
+    other = instance()
+    del other.WaveformSequence
+    with pytest.raises(ValueError, match="declared"):
+        spool.write_instance(PendingInstance(other, NativeFrames(10, lambda: [b"short"])))
+    assert not list((tmp_path / "archive").rglob(f"{other.SOPInstanceUID}*"))

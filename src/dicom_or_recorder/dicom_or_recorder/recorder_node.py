@@ -153,6 +153,10 @@ class RecorderNode(Node):
             "encoder (60: 2 s at 30 fps, 373 MB at 1080p); a frame beyond is dropped and "
             "counted (dropped_backpressure)", check=lambda v: 1 <= v <= 1000,
             rule="must be 1..1000")
+        self.video_queue_mib = declare(
+            self, "video_queue_mib", 512, "memory a video stream's waiting frames may use "
+            "(MiB); caps video_queue_frames for large frames (4K: 21 frames)",
+            check=lambda v: 16 <= v <= 16384, rule="must be 16..16384 MiB")
         options = RecorderOptions(
             max_segment_s=declare(self, "max_segment_s", 300.0, "longest instance (s); "
                                   "longer recordings become more instances of the Series",
@@ -337,8 +341,13 @@ class RecorderNode(Node):
                 recorder.finaliser = self._finaliser
                 recorder.on_final = self.sender.wake
                 if isinstance(recorder, VideoRecorder):
+                    # Bounded in frames and in bytes, so memory does not grow with the
+                    # frame size (a 4K frame is 24 MB) whatever the encoder's backlog.
+                    frame_bytes = descriptor.rows * descriptor.columns * 3
+                    capacity = max(1, min(self.video_queue_frames,
+                                          (self.video_queue_mib << 20) // frame_bytes))
                     followed.video_queue = VideoEncoderQueue(
-                        recorder, self.video_queue_frames,
+                        recorder, capacity,
                         on_error=lambda exc, f=followed: self._refused(f, exc))
                 followed.recorder = recorder
                 followed.recording = self._should_record(descriptor.series_instance_uid)

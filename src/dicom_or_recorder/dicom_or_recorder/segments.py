@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydicom.valuerep import DSfloat
 
 from dicom_or_core import context as ctx
 from dicom_or_core.errors import DicomOrError
@@ -82,6 +83,12 @@ POSE_BATCH_S = 0.1
 # The segment's Transport Stream, muxed while recording; renamed from .partial when whole.
 TS_FILE = "stream.ts"
 GIB = 1 << 30
+# Frame Time Vector (0018,1065) is DS: in Explicit VR its value length is 16 bits (PS3.5
+# 7.1.2), so a segment's increments must fit in 65534 bytes (about 9,300 frames: 2.6 min at
+# 60 fps). A video segment is cut before it would not fit, whether or not the finished
+# instance turns out to need the vector (a uniform stream writes Frame Time instead).
+FRAME_TIME_VECTOR_MAX_BYTES = 0xFFFE
+_DS_MAX_CHARS = 16
 
 
 @dataclass
@@ -268,6 +275,7 @@ class VideoRecorder(StreamRecorder):
         self._encoder: PacketEncoder | None = None
         self._muxer: TsMuxer | None = None
         self._stamps: list[int] = []               # the open segment's frame stamps
+        self._vector_bytes = 0                     # its Frame Time Vector's length so far
         self._first_ns = 0
         self._pending: list[tuple[int, int]] = []  # (stamp, sequence) inside the encoder
         self._frame_bytes = d.rows * d.columns * 3
@@ -301,6 +309,7 @@ class VideoRecorder(StreamRecorder):
         done = []
         if self.journal is not None and (
                 self._segment_full(stamp_ns - self._first_ns)
+                or self._vector_bytes + 2 * (_DS_MAX_CHARS + 1) > FRAME_TIME_VECTOR_MAX_BYTES
                 or (self.lossless and (self._segment_frames + 1) * self._frame_bytes
                     > MAX_NATIVE_PIXEL_BYTES)):
             done = self.close_segment(wait=False)
@@ -308,6 +317,7 @@ class VideoRecorder(StreamRecorder):
             self._first_ns = stamp_ns
             self._segment_frames = 0
             self._stamps = []
+            self._vector_bytes = 0
             extra: dict[str, Any] = {"first_ns": stamp_ns, "mode": self.options.video_mode}
             journal = self._open(extra)
             if not self.lossless:
@@ -339,7 +349,7 @@ class VideoRecorder(StreamRecorder):
             self._segment_frames += 1
             self._append(_RAW_REC.pack(stamp_ns, sequence) + np.ascontiguousarray(image)
                          .tobytes())
-            self._stamps.append(stamp_ns)
+            self._note_stamp(stamp_ns)
         else:
             self._encode(image, stamp_ns, sequence)
         self.stats.samples += 1
@@ -364,7 +374,7 @@ class VideoRecorder(StreamRecorder):
         stamp, sequence = self._pending.pop(0)
         self._append(_VIDEO_REC.pack(stamp, sequence, packet.pts, packet.keyframe)
                      + packet.data)
-        self._stamps.append(stamp)
+        self._note_stamp(stamp)
         if self._muxer is not None:
             try:
                 self._muxer.mux(packet)
@@ -391,6 +401,19 @@ class VideoRecorder(StreamRecorder):
     def _closed_stamps(self) -> list[int] | None:
         stamps, self._stamps = self._stamps, []
         return stamps
+
+    def _note_stamp(self, stamp_ns: int) -> None:
+        """Keep a journaled frame's stamp, and the length its Frame Time Vector entry takes
+        (the increment as :func:`~dicom_or_core.iod.video.frame_timing` writes it, with its
+        backslash separator)."""
+        if self._stamps:
+            offset = round((stamp_ns - self._stamps[0]) / 1e6, 3)
+            previous = round((self._stamps[-1] - self._stamps[0]) / 1e6, 3)
+            self._vector_bytes += len(str(DSfloat(round(offset - previous, 3),
+                                                  auto_format=True))) + 1
+        else:
+            self._vector_bytes = 1  # the first increment, 0
+        self._stamps.append(stamp_ns)
 
     def snapshot(self, frame: tuple[np.ndarray, int] | None = None) -> list[str]:
         """Write ``frame`` (image, stamp), by default the latest frame fed, as a single-frame

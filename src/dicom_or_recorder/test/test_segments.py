@@ -145,8 +145,11 @@ def test_pose_occluded_samples_are_counted_and_poses_round_trip(tmp_path):
     [uid] = rec.stop()
     assert rec.stats.occluded == 5 and rec.stats.samples == 55
     poses = read_pose_sr(files(spool, [uid])[0])
-    times, positions, _ = poses["pointer"]
-    assert len(times) == 25 and positions[-1] == pytest.approx([2.9, 0.2, 0.0], abs=1e-6)
+    stamps, positions, _ = poses["pointer"]
+    visible = [t0 + i * 10_000_000 for i in range(30) if not 10 <= i < 15]
+    # Stamps come back to the microsecond, with the occlusion gap.
+    assert np.array_equal(stamps, np.array(visible, np.int64) // 1000 * 1000)
+    assert positions[-1] == pytest.approx([2.9, 0.2, 0.0], abs=1e-6)
     with pytest.raises(DicomOrError, match="tool_id"):
         rec.feed("unknown", t0 + 10**9, (0, 0, 0), (0, 0, 0, 1), True, 100)
 
@@ -186,3 +189,88 @@ def test_messages_skipped_while_stopped_are_not_counted_as_lost(tmp_path):
     [second] = rec.stop()
     assert rec.stats.lost_messages == 1
     assert spool.get(first).state == spool.get(second).state == "final"
+
+
+def test_video_muxed_while_recording_equals_what_recovery_rebuilds(tmp_path):
+    """The Transport Stream muxed as frames are encoded (what a stop copies into Pixel Data)
+    is byte for byte what crash recovery muxes again from the journal alone."""
+    spool = Spool(tmp_path / "live")
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions())
+    t0 = now_ns()
+    feed_video(rec, 20, t0)
+    journal = rec.journal
+    rec._before_close(journal)     # what close_segment does, without finalising
+    journal.close()
+    stamps = rec._closed_stamps()
+    live = finalise_journal(journal, stamps)
+    (journal.directory / "stream.ts").unlink()   # a crash: only the journal is left
+    recovered = finalise_journal(journal, None)
+    assert live.dataset.NumberOfFrames == recovered.dataset.NumberOfFrames == 20
+    paths = []
+    for name, instance in (("a", live), ("b", recovered)):
+        path = tmp_path / f"{name}.dcm"
+        with open(path, "wb") as fp:
+            instance.dataset.save_as(fp, enforce_file_format=True)
+            instance.pixel_data(fp)
+        paths.append(path)
+    a, b = (pydicom.dcmread(p) for p in paths)
+    assert a.PixelData == b.PixelData
+    assert len(decode_frames(b"".join(generate_fragments(a.PixelData)))) == 20
+    if have("dciodvfy"):
+        assert dciodvfy(paths[0])[0] == 0
+
+
+def test_segments_cut_by_size_keep_every_frame_once(tmp_path):
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(example_descriptor("video"), spool,
+                        RecorderOptions(video_mode="lossless", max_segment_bytes=1 << 20))
+    t0 = now_ns()
+    done = []
+    for i in range(12):  # 230 kB frames: 4 or 5 per 1 MiB segment
+        done += rec.feed(synthetic_rgb(240, 320, i), t0 + i * PERIOD, i)
+    done += rec.stop()
+    instances = files(spool, done)
+    assert len(instances) == 3
+    counted = [int(ds.NumberOfFrames) for ds in instances]
+    assert sum(counted) == 12
+    # Continuous timing: each instance starts at the frame after the previous one's last.
+    starts = [round((ns_of(ds.AcquisitionDateTime) - t0) / PERIOD) for ds in instances]
+    assert starts == [0, counted[0], counted[0] + counted[1]]
+    assert [int(ds.InstanceNumber) for ds in instances] == [1, 2, 3]
+
+
+def ns_of(dt: str) -> int:
+    import datetime
+
+    moment = datetime.datetime.strptime(str(dt), "%Y%m%d%H%M%S.%f%z")
+    return round(moment.timestamp() * 1e6) * 1000
+
+
+def test_a_video_segment_is_cut_before_its_frame_time_vector_overflows(tmp_path,
+                                                                       monkeypatch):
+    """DS has a 16-bit length in Explicit VR: a jittery 60 fps stream's Frame Time Vector
+    must stay under 65534 bytes per instance (pydicom would otherwise write it as UN)."""
+    d = example_descriptor("video")
+    d.rows, d.columns, d.nominal_rate_hz = 16, 16, 60.0
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(d, spool, RecorderOptions(video_mode="lossless", max_segment_s=3600))
+    t0 = now_ns()
+    rng = np.random.default_rng(1)
+    done, stamp = [], t0
+    frame = np.zeros((16, 16, 3), np.uint8)
+    for i in range(12_000):
+        stamp += round(1e9 / 60) + int(rng.integers(-900_000, 900_000))  # +-0.9 ms jitter
+        done += rec.feed(frame, stamp, i)
+    done += rec.stop()
+    assert len(done) == 2
+    # Read the VR as encoded, not as pydicom would repair an UN.
+    monkeypatch.setattr(pydicom.config, "replace_un_with_known_vr", False)
+    total = 0
+    for uid in done:
+        path = spool.absolute(spool.get(uid))
+        raw = pydicom.dcmread(path, stop_before_pixels=True)
+        element = raw["FrameTimeVector"]
+        assert element.VR == "DS"
+        assert len(element.value) == int(raw.NumberOfFrames)
+        total += int(raw.NumberOfFrames)
+    assert total == 12_000
