@@ -21,7 +21,6 @@ from pydicom.encaps import generate_fragments
 from rclpy.executors import SingleThreadedExecutor
 from recorder_fixtures import StreamPublisher, cfind_image, console_script, stream_status
 
-from dicom_or_core.iod.common import ns_to_dt
 from dicom_or_core.iod.examples import (
     example_descriptor,
     example_session,
@@ -78,11 +77,11 @@ def test_sigkill_mid_recording_loses_nothing_acknowledged(tmp_path):
             assert spin_until(ex, pub.subscribed, 30)
             t0 = now_ns()
             acked = {}
-            published_pose: dict[str, int] = {}
+            published_pose: dict[int, int] = {}  # stamp in us -> k
             i = 0
 
             def publish(k):
-                published_pose[ns_to_dt(t0 + k * FRAME_NS)] = k
+                published_pose[(t0 + k * FRAME_NS) // 1000] = k
                 pub.video("video", synthetic_rgb(240, 320, k), t0 + k * FRAME_NS, k)
                 pub.chunk("ecg", data[k * 50:(k + 1) * 50], t0 + k * 100_000_000, k * 50, k)
                 pub.pose("pose", "pointer", t0 + k * FRAME_NS, (0.001 * k, 0.0, 0.0),
@@ -143,11 +142,12 @@ def test_sigkill_mid_recording_loses_nothing_acknowledged(tmp_path):
     # Poses: every acknowledged pose at its stamp and position.
     poses = 0
     for sr in by_modality["SR"]:
-        times, positions, _ = read_pose_sr(sr)["pointer"]
-        for when, where in zip(times, positions, strict=True):
-            k = published_pose.get(when)
+        stamps, positions, _ = read_pose_sr(sr)["pointer"]
+        for when, where in zip(stamps, positions, strict=True):
+            # The SR keeps stamps to the microsecond (Referenced Time Offsets).
+            k = published_pose.get(int(when) // 1000)
             assert k is not None and where[0] == pytest.approx(0.001 * k, abs=1e-6)
-        poses += len(times)
+        poses += len(stamps)
     assert poses >= acked["pose"]
 
 
