@@ -134,7 +134,8 @@ def test_case_stopped_with_sigint_is_final_and_a_killed_recorder_loses_nothing(r
         while Path(f"/proc/{pid}").exists() and time.monotonic() - asked < 60:
             time.sleep(0.05)
         recorder_stop_s = time.monotonic() - asked
-        code, log = stop(graph)
+        log, _ = graph.communicate(timeout=60)
+        code = graph.returncode
     finally:
         if graph.poll() is None:
             graph.kill()

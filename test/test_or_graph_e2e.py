@@ -6,6 +6,7 @@ the path through every node is the same.
 """
 
 import os
+import signal
 import time
 
 import pydicom
@@ -75,3 +76,20 @@ def test_sigint_at_any_moment_leaves_no_orphan_and_no_corrupt_file(ros_env, tmp_
     for path in output.rglob("*.dcm"):
         pydicom.dcmread(path)  # every file that exists is complete
     assert os.path.isdir(tmp_path)
+
+
+def test_a_second_ctrl_c_while_stopping_is_still_an_orderly_stop(ros_env, tmp_path):
+    """An impatient operator presses Ctrl-C twice: the launcher keeps stopping the nodes in
+    order (the recorder finalises), exits 0 and prints no KeyboardInterrupt."""
+    output = tmp_path / "recordings"
+    graph = start_graph(ros_env, output, free_tcp_port())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(output.glob(".spool/journal/*")):
+        time.sleep(0.2)  # until the recorder has a segment open
+    graph.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    graph.send_signal(signal.SIGINT)
+    log, _ = graph.communicate(timeout=90)
+    assert graph.returncode == 0, log
+    assert "KeyboardInterrupt" not in log and "Traceback" not in log
+    assert list(output.rglob("*.dcm")) and not list(output.glob(".spool/journal/*"))

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     found = show_session(given["bridge_host"], int(given["bridge_port"]), given["bridge_ae"])
     print(f"\ndemo: stopping ({reason}); the recorder finalises its files")
     codes = group.stop()
-    signals.restore()
+    # The stop handlers stay until the process ends: a second Ctrl-C while the nodes
+    # stop (or while the results print) must not turn into a KeyboardInterrupt.
     stopped = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in
                         sorted(group.stop_seconds.items(), key=lambda item: -item[1]))
     print(f"demo: stop times: {stopped}")

@@ -158,15 +158,11 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.reason = ""
-        self._previous = {sig: signal.signal(sig, self._on_signal)
-                          for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.reason = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def wait(group: ProcessGroup, duration_s: float | None, signals: StopSignals) -> str:
@@ -233,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     reason = wait(group, options.duration, signals)
     print(f"dicom_or_launch: stopping ({reason})", file=sys.stderr)
     codes = group.stop()
-    signals.restore()
+    # The stop handlers stay until the process ends: a second Ctrl-C while the nodes
+    # stop (or while the results print) must not turn into a KeyboardInterrupt.
     failed = {n: c for n, c in codes.items() if c not in STOPPED_CLEANLY}
     for name, code in failed.items():
         print(f"dicom_or_launch: {name} exited with {code}", file=sys.stderr)

@@ -59,6 +59,7 @@ WRITING, FINAL, STORED, COMMITTED, FAILED = "writing", "final", "stored", "commi
 STATES = (WRITING, FINAL, STORED, COMMITTED, FAILED)
 SPOOL_DIR = ".spool"
 QUARANTINE_DIR = "quarantine"
+INDEX_FILE = "index.sqlite"
 INSTANCE_SUFFIX = ".dcm"
 PARTIAL_SUFFIX = ".partial"
 _JOURNAL_MAGIC = b"DORJNL1\n"
@@ -268,21 +269,68 @@ class Spool:
         self.fsync_interval_s = fsync_interval_s
         self._own_journals: set[str] = set()  # opened by this process: not leftovers
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.spool_dir / "index.sqlite", check_same_thread=False,
-                                   isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS instances (
-            sop_instance_uid TEXT PRIMARY KEY, sop_class_uid TEXT, study_instance_uid TEXT,
-            series_instance_uid TEXT, path TEXT, size INTEGER, state TEXT,
-            attempts INTEGER DEFAULT 0, next_attempt REAL DEFAULT 0, last_error TEXT
-            DEFAULT '', created REAL, updated REAL)""")
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_state ON instances(state, "
-                         "next_attempt)")
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
-        if "instance_number" not in columns:  # an index written by an earlier version
-            self._db.execute("ALTER TABLE instances ADD COLUMN instance_number INTEGER "
-                             "DEFAULT 0")
+        self.problems: list[str] = []  # what opening found wrong (the node logs them)
+        index = self.spool_dir / INDEX_FILE
+        try:
+            self._db = self._open_index(index)
+        except sqlite3.DatabaseError as exc:
+            # A damaged index must not stop recording: set it aside for an operator, start
+            # a new one and list the archive's finished instances in it again. Their PACS
+            # state is lost, so they are sent again (the PACS keeps one copy per SOP UID).
+            aside = index.with_name(f"{INDEX_FILE}.damaged-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                damaged = Path(f"{index}{suffix}")
+                if damaged.exists():
+                    os.replace(damaged, Path(f"{aside}{suffix}"))
+            self._db = self._open_index(index)
+            rebuilt = self._reindex_archive()
+            self.problems.append(
+                f"index {index} was unreadable ({exc}); moved to {aside.name}, "
+                f"{rebuilt} finished instance(s) listed again as final (they will be sent "
+                "to the PACS again)")
+
+    @staticmethod
+    def _open_index(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("""CREATE TABLE IF NOT EXISTS instances (
+                sop_instance_uid TEXT PRIMARY KEY, sop_class_uid TEXT, study_instance_uid TEXT,
+                series_instance_uid TEXT, path TEXT, size INTEGER, state TEXT,
+                attempts INTEGER DEFAULT 0, next_attempt REAL DEFAULT 0, last_error TEXT
+                DEFAULT '', created REAL, updated REAL)""")
+            db.execute("CREATE INDEX IF NOT EXISTS by_state ON instances(state, next_attempt)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+            if "instance_number" not in columns:  # an index written by an earlier version
+                db.execute("ALTER TABLE instances ADD COLUMN instance_number INTEGER "
+                           "DEFAULT 0")
+            db.execute("SELECT COUNT(*) FROM instances").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _reindex_archive(self) -> int:
+        """List every finished ``<Study>/<Series>/<SOP>.dcm`` in the index as ``final``,
+        reading only the identifiers at the head of each file."""
+        from pydicom.filereader import read_partial
+
+        def stop(tag: Any, vr: Any, length: Any) -> bool:
+            return tag > 0x00200013  # past Instance Number: the identifiers are read
+
+        count = 0
+        for path in sorted(self.root.glob(f"*/*/*{INSTANCE_SUFFIX}")):
+            if path.relative_to(self.root).parts[0] == SPOOL_DIR:
+                continue
+            try:
+                with open(path, "rb") as fp:
+                    ds = read_partial(fp, stop_when=stop)
+                self._upsert(ds, path, FINAL, path.stat().st_size, path.stat().st_mtime)
+                count += 1
+            except Exception as exc:  # an unreadable file stays out of the index
+                self.problems.append(f"{path.name}: not indexed: {exc}")
+        return count
 
     def close(self) -> None:
         with self._lock:

@@ -153,9 +153,13 @@ class StorageSender:
             listener = AE(ae_title=config.calling_ae_title)
             listener.add_supported_context(StorageCommitmentPushModel, scu_role=True,
                                            scp_role=True)
-            self._server = listener.start_server(
-                ("0.0.0.0", config.commitment_port), block=False,
-                evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_event_report)])
+            try:
+                self._server = listener.start_server(
+                    ("0.0.0.0", config.commitment_port), block=False,
+                    evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_event_report)])
+            except OSError as exc:  # in use, or not ours to bind: a configuration error
+                raise DicomOrError("commitment_port", f"cannot listen: {exc.strerror}",
+                                   config.commitment_port) from None
 
     # -- thread ------------------------------------------------------------------------
 

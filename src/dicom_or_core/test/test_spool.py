@@ -263,3 +263,21 @@ def test_pixel_data_written_file_to_file(tmp_path):
     with pytest.raises(ValueError, match="declared"):
         spool.write_instance(PendingInstance(other, NativeFrames(10, lambda: [b"short"])))
     assert not list((tmp_path / "archive").rglob(f"{other.SOPInstanceUID}*"))
+
+
+def test_a_damaged_index_is_set_aside_and_rebuilt_from_the_archive(tmp_path):
+    spool = Spool(tmp_path)
+    kept = instance()
+    kept.InstanceNumber = 4
+    spool.write_instance(kept)
+    spool.mark_committed(kept.SOPInstanceUID)
+    spool.close()
+    for leftover in (tmp_path / ".spool").glob("index.sqlite-*"):
+        leftover.unlink()
+    (tmp_path / ".spool" / "index.sqlite").write_bytes(b"garbage, not SQLite" * 100)
+    reopened = Spool(tmp_path)
+    assert reopened.problems and "unreadable" in reopened.problems[0]
+    row = reopened.get(kept.SOPInstanceUID)
+    assert row.state == FINAL and row.instance_number == 4  # sent again: PACS state lost
+    assert reopened.last_instance_number(kept.SeriesInstanceUID) == 4
+    assert list((tmp_path / ".spool").glob("index.sqlite.damaged-*"))

@@ -230,6 +230,8 @@ class RecorderNode(Node):
                                self.recordings_dir) from None
         # Half-written files are settled now (fast); the journals an earlier run left are
         # listed now, before any segment of this run opens, and finalised beside recording.
+        for problem in self.spool.problems:
+            self.get_logger().error(problem)
         removed = self.spool.recover_files()
         if removed:
             self.get_logger().info(f"removed {removed} partial file(s) of an earlier run")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -217,3 +218,18 @@ def test_params_file_loads_and_sigint_exits_cleanly(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_commitment_port_in_use_exits_1_in_one_line(tmp_path):
+    with socket.socket() as busy, reserved_domain_id() as domain:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [console_script("recorder"), "--ros-args", "-p", f"recordings_dir:={tmp_path}",
+             "-p", "pacs_port:=11112", "-p", "pacs_ae_title:=PACS",
+             "-p", f"commitment_port:={port}"],
+            env=isolated_env(domain), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "commitment_port" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
