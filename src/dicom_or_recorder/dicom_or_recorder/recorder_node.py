@@ -117,6 +117,7 @@ class _Followed:
         self.recording = False
         self.foreign_samples = 0
         self.errors = 0
+        self.refused_by: dict[str, int] = {}  # refused samples per reason (the field)
         self.last_sample = 0.0  # time.monotonic() of the last sample taken
         self.refused = ""       # why the stream's descriptor cannot be recorded
 
@@ -184,6 +185,11 @@ class RecorderNode(Node):
                                            "largest pose SR (poses); 0: bounded by "
                                            "duration and size only",
                                            check=lambda v: v >= 0, rule="must be >= 0"),
+            max_clock_skew_s=declare(self, "max_clock_skew_s", 30.0, "a sample stamped "
+                                     "further ahead of this host's clock is refused "
+                                     "(counted): its time is not a clock reading",
+                                     check=lambda v: 0.001 <= v <= 86400,
+                                     rule="must be 0.001..86400 s"),
         )
         self.options = options.validate()
         fsync_interval_s = declare(self, "fsync_interval_s", 0.5, "journal fsync period: "
@@ -462,10 +468,20 @@ class RecorderNode(Node):
             self.sender.wake()
 
     def _refused(self, followed: _Followed, exc: Exception) -> None:
+        """Count a refused sample by reason; log the first of each reason at once and then
+        at most one line per stream every 5 s, each with the running counts, so a flood of
+        bad samples is fully counted without flooding the log."""
+        reason = exc.field if isinstance(exc, DicomOrError) else type(exc).__name__
+        first = reason not in followed.refused_by
+        followed.refused_by[reason] = followed.refused_by.get(reason, 0) + 1
         if followed.recorder is not None:
             followed.recorder.stats.last_error = str(exc)
-        self.get_logger().warning(f"{followed.topic.topic}: sample refused: {exc}",
-                                  throttle_duration_sec=5.0)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(followed.refused_by.items()))
+        message = f"{followed.topic.topic}: sample refused: {exc} (refused so far: {counts})"
+        if first:
+            self.get_logger().warning(message)
+        else:
+            self.get_logger().warning(message, throttle_duration_sec=5.0)
 
     @staticmethod
     def _image(descriptor: ctx.StreamDescriptor, image: Any) -> np.ndarray:
@@ -570,6 +586,7 @@ class RecorderNode(Node):
             errors = f.errors + (f.video_queue.errors if f.video_queue else 0)
             entry: dict[str, Any] = {"topic": f.topic.topic, "kind": f.kind,
                                      "recording": f.recording, "errors": errors,
+                                     "refused_by": dict(f.refused_by),
                                      "foreign_samples": f.foreign_samples}
             # Seconds since the last sample: a silent device shows here (None: none yet).
             entry["silent_s"] = round(time.monotonic() - f.last_sample, 1) \

@@ -32,10 +32,27 @@ Gaps are recorded, not hidden: a jump in a stream's ``sequence`` counts lost mes
 waveform whose ``first_sample_index`` jumps closes the instance and opens a new one at the
 new first sample (a waveform instance is contiguous); a video keeps the dropped frame's gap
 in its frame times (Frame Time Vector).
+
+One bad sample never stops a stream (:meth:`StreamRecorder._admit`). The acquisition time
+orders samples; the sequence only counts losses:
+
+* a time before 2000 or more than ``max_clock_skew_s`` ahead of this host's clock is not a
+  clock reading: the sample is refused (``DicomOrError``, counted by reason), and nothing
+  about the stream's state changes, so the next valid sample is recorded;
+* a sequence that jumps further than any message rate could explain (e.g. 2^63) is not
+  counted as lost messages (``sequence_jumps``); a sequence that restarts while time goes
+  on is a publisher that restarted its counter (``sequence_resets``): both recorded;
+* the next message stamped earlier than the previous one is a clock stepped back: the open
+  segment is closed (its instance stays consistent) and the next one starts at the new
+  time (``clock_steps``); a message that is neither newer in sequence nor in time is a
+  duplicate or reordered one, dropped (``out_of_order``);
+* a waveform ``first_sample_index`` that jumps ahead of what its time allows is refused; one
+  that goes back while time goes on is a device that restarted its count: a new instance.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
@@ -71,6 +88,10 @@ from dicom_or_core.video_codec import (
 from dicom_or_core.video_codec import EncodedPacket as _Packet
 
 VIDEO_MODES = ("auto", "h264", "hevc", "mpeg2", "lossless")
+EARLIEST_NS = 946_684_800 * 10**9      # 2000-01-01T00:00:00Z: older is not a clock reading
+# No stream sends more messages per second than this: a larger sequence jump is not a loss.
+MAX_MESSAGE_RATE_HZ = 10_000.0
+MAX_POSITION_M = 1.0e4                 # a tracked tool 10 km from the camera is not a pose
 _VIDEO_REC = struct.Struct("<qQqB")       # stamp ns, sequence, pts, keyframe
 _RAW_REC = struct.Struct("<qQ")           # stamp ns, sequence
 _WAVE_REC = struct.Struct("<qQQH")        # first sample ns, first index, sequence, channels
@@ -101,6 +122,7 @@ class RecorderOptions:
     video_quality: int = 18
     video_preset: str = "superfast"
     max_poses_per_instance: int = 0  # 0: bounded by duration and size only
+    max_clock_skew_s: float = 30.0
 
     def validate(self) -> RecorderOptions:
         if not 1.0 <= self.max_segment_s <= 3600.0:
@@ -113,6 +135,9 @@ class RecorderOptions:
                                self.video_mode)
         if not 0 <= self.video_quality <= 51:
             raise DicomOrError("video_quality", "CRF must be 0..51", self.video_quality)
+        if not 0.001 <= self.max_clock_skew_s <= 86400.0:
+            raise DicomOrError("max_clock_skew_s", "must be 0.001..86400 s",
+                               self.max_clock_skew_s)
         if self.max_poses_per_instance < 0:
             raise DicomOrError("max_poses_per_instance", "must be >= 0 (0: no limit)",
                                self.max_poses_per_instance)
@@ -139,6 +164,9 @@ class StreamStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+ACCEPT, NEW_SEGMENT, DROP = "accept", "new segment", "drop"
+
+
 class StreamRecorder:
     """Base: segment bookkeeping, sequence-gap accounting and finalisation."""
 
@@ -157,23 +185,55 @@ class StreamRecorder:
         self.stats = StreamStats(topic=descriptor.topic, kind=self.kind,
                                  series_instance_uid=descriptor.series_instance_uid)
         self._last_sequence: int | None = None
+        self._last_sequence_ns = 0      # acquisition time of the message _last_sequence
         self._segment_bytes = 0
         self._stats_lock = threading.Lock()
 
     # -- sequence accounting -------------------------------------------------------------
 
-    def _check_sequence(self, sequence: int, excused: int = 0) -> bool:
-        """Count a gap as lost messages; refuse a message that is not newer. ``excused``
-        messages of the gap were dropped on purpose (and counted) by the caller, so they are
-        not lost on the way."""
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats.extra[key] = self.stats.extra.get(key, 0) + n
+
+    def _check_time(self, stamp_ns: int) -> None:
+        """Refuse an acquisition time that cannot be a reading of the session clock."""
+        if stamp_ns < EARLIEST_NS:
+            raise DicomOrError("acquisition_time", "is before 2000: not a clock reading",
+                               stamp_ns)
+        ahead_s = (stamp_ns - time.time_ns()) / 1e9
+        if ahead_s > self.options.max_clock_skew_s:
+            raise DicomOrError("acquisition_time", f"is {ahead_s:.0f} s ahead of this host's "
+                               f"clock (max_clock_skew_s {self.options.max_clock_skew_s:g})")
+
+    def _admit(self, stamp_ns: int, sequence: int, last_stamp_ns: int,
+               excused: int = 0) -> str:
+        """Decide what one message is: ``ACCEPT``, ``NEW_SEGMENT`` (the clock stepped back:
+        record it in a new instance) or ``DROP`` (a duplicate or reordered message, counted).
+        Raises DicomOrError, changing nothing, for a time that is not a clock reading.
+        ``last_stamp_ns``: the newest time recorded where order matters (the stream's, or
+        the tool's); ``excused`` messages of a gap were dropped on purpose by the caller."""
+        self._check_time(stamp_ns)
         last = self._last_sequence
-        if last is not None and sequence <= last:
-            self.stats.out_of_order += 1
-            return False
-        if last is not None and sequence > last + 1:
-            self.stats.lost_messages += max(0, sequence - last - 1 - excused)
+        verdict = ACCEPT
+        if last is not None:
+            if sequence > last:
+                if stamp_ns < last_stamp_ns:
+                    self._count("clock_steps")
+                    verdict = NEW_SEGMENT
+                gap = sequence - last - 1
+                if gap:
+                    elapsed_s = max(0, stamp_ns - self._last_sequence_ns) / 1e9
+                    if gap <= 1000 + elapsed_s * MAX_MESSAGE_RATE_HZ:
+                        self.stats.lost_messages += max(0, gap - excused)
+                    else:
+                        self._count("sequence_jumps")
+            elif stamp_ns > self._last_sequence_ns:
+                self._count("sequence_resets")  # the publisher restarted its counter
+            else:
+                self.stats.out_of_order += 1
+                return DROP
         self._last_sequence = sequence
-        return True
+        self._last_sequence_ns = stamp_ns
+        return verdict
 
     # -- segments --------------------------------------------------------------------------
 
@@ -300,15 +360,17 @@ class VideoRecorder(StreamRecorder):
         which are therefore not counted again as lost messages; their time stays a gap."""
         self.check_frame(image)
         d = self.descriptor
-        if not self._check_sequence(sequence, dropped_before):
+        verdict = self._admit(stamp_ns, sequence, self._last_stamp, dropped_before)
+        if verdict == DROP:
             return []
-        if stamp_ns <= self._last_stamp:
-            self.stats.out_of_order += 1
+        if verdict == ACCEPT and stamp_ns == self._last_stamp:
+            self.stats.out_of_order += 1  # frame times must increase strictly (C.7.6.5)
             return []
         self.latest = (image, stamp_ns)
         done = []
         if self.journal is not None and (
-                self._segment_full(stamp_ns - self._first_ns)
+                verdict == NEW_SEGMENT
+                or self._segment_full(stamp_ns - self._first_ns)
                 or self._vector_bytes + 2 * (_DS_MAX_CHARS + 1) > FRAME_TIME_VECTOR_MAX_BYTES
                 or (self.lossless and (self._segment_frames + 1) * self._frame_bytes
                     > MAX_NATIVE_PIXEL_BYTES)):
@@ -440,6 +502,7 @@ class WaveformRecorder(StreamRecorder):
         super().__init__(descriptor, spool, options)
         check_constraints(self.descriptor)  # refuse an out-of-IOD stream up front
         self._next_index = 0
+        self._next_ns = 0
         self._segment_samples = 0
 
     def feed(self, samples: np.ndarray, first_sample_ns: int, first_sample_index: int,
@@ -450,25 +513,43 @@ class WaveformRecorder(StreamRecorder):
         if samples.ndim != 2 or samples.shape[1] != channels:
             raise DicomOrError("samples", f"chunk must have {channels} channels",
                                samples.shape)
-        if not self._check_sequence(sequence):
+        if not 0 <= first_sample_index < 2**53:
+            raise DicomOrError("first_sample_index", "must be 0..2^53", first_sample_index)
+        self._check_time(first_sample_ns)
+        fs = self.descriptor.sampling_frequency_hz
+        restart = False
+        if self.journal is not None:
+            # Where the next sample was due, in time: the index must agree with it.
+            due_ns = self._next_ns
+            if first_sample_index < self._next_index:
+                if first_sample_ns <= due_ns - 0.5e9:
+                    self.stats.out_of_order += 1  # a duplicate or reordered chunk
+                    return []
+                self._count("index_resets")  # the device restarted its sample count
+                restart = True
+            elif first_sample_index > self._next_index:
+                gap = first_sample_index - self._next_index
+                if gap > max(0.0, (first_sample_ns - due_ns) / 1e9) * fs + fs:
+                    raise DicomOrError("first_sample_index", f"jumps {gap} samples ahead, "
+                                       "more than its time allows", first_sample_index)
+        verdict = self._admit(first_sample_ns, sequence, -1)
+        if verdict == DROP:
             return []
         done = []
-        limit = self.options.max_segment_s * self.descriptor.sampling_frequency_hz
-        if self.journal is not None:
-            if first_sample_index < self._next_index:
-                self.stats.out_of_order += 1
-                return []
-            if first_sample_index != self._next_index or self._segment_samples >= limit:
-                if first_sample_index > self._next_index:
-                    self.stats.extra["lost_samples"] = self.stats.extra.get(
-                        "lost_samples", 0) + first_sample_index - self._next_index
-                done = self.close_segment(wait=False)
+        limit = self.options.max_segment_s * fs
+        if self.journal is not None and (restart or first_sample_index != self._next_index
+                                         or self._segment_samples >= limit
+                                         or self._segment_full(0)):
+            if first_sample_index > self._next_index and not restart:
+                self._count("lost_samples", first_sample_index - self._next_index)
+            done = self.close_segment(wait=False)
         if self.journal is None:
             self._open({"first_ns": first_sample_ns})
             self._segment_samples = 0
         self._append(_WAVE_REC.pack(first_sample_ns, first_sample_index, sequence, channels)
                      + samples.astype("<i2").tobytes())
         self._next_index = first_sample_index + samples.shape[0]
+        self._next_ns = first_sample_ns + round(samples.shape[0] * 1e9 / fs)
         self._segment_samples += samples.shape[0]
         self.stats.samples += samples.shape[0]
         return done
@@ -493,29 +574,39 @@ class PoseRecorder(StreamRecorder):
              quaternion_xyzw: tuple[float, float, float, float], visible: bool,
              sequence: int) -> list[str]:
         """Record one pose sample."""
-        if not self._check_sequence(sequence):
+        if tool_id not in self.descriptor.tool_ids:
+            raise DicomOrError("tool_id", "is not one of the descriptor's tool_ids", tool_id)
+        if visible:
+            # In the door's order: values a file could not hold faithfully are refused
+            # before they can change the stream's state (float32 GraphicData, PS3.3 C.18.9).
+            if not all(math.isfinite(v) and abs(v) <= MAX_POSITION_M for v in position):
+                raise DicomOrError("pose.position", f"must be finite and within "
+                                   f"{MAX_POSITION_M:g} m", position)
+            norm = math.fsum(v * v for v in quaternion_xyzw)
+            if not math.isfinite(norm) or not 1e-12 < norm < 1e12:
+                raise DicomOrError("pose.orientation", "must be a finite, non-zero "
+                                   "quaternion", quaternion_xyzw)
+        last_stamp = self._last_stamp.get(tool_id, -1)
+        verdict = self._admit(stamp_ns, sequence, last_stamp)
+        if verdict == DROP:
             return []
         if not visible:
             self.stats.occluded += 1
             return []
-        if tool_id not in self.descriptor.tool_ids:
-            raise DicomOrError("tool_id", "is not one of the descriptor's tool_ids", tool_id)
-        if stamp_ns <= self._last_stamp.get(tool_id, -1):
-            self.stats.out_of_order += 1
+        if verdict == ACCEPT and stamp_ns == last_stamp:
+            self.stats.out_of_order += 1  # one pose per tool and time
             return []
-        if not np.isfinite(position).all() or not np.isfinite(quaternion_xyzw).all() \
-                or np.linalg.norm(quaternion_xyzw) < 1e-6:
-            raise DicomOrError("pose", "position and orientation must be finite, the "
-                               "quaternion non-zero", (position, quaternion_xyzw))
         done = []
         limit = self.options.max_poses_per_instance
         if self.journal is not None and (
-                self._segment_full(stamp_ns - self._first_ns)
+                verdict == NEW_SEGMENT
+                or self._segment_full(stamp_ns - self._first_ns)
                 or (limit and self._segment_poses >= limit)):
             done = self.close_segment(wait=False)
         if self.journal is None:
             self._first_ns = stamp_ns
             self._segment_poses = 0
+            self._last_stamp.clear()  # each instance orders its own tools' times
             self._open({"first_ns": stamp_ns})
         self._last_stamp[tool_id] = stamp_ns
         if not self._batch_rows:

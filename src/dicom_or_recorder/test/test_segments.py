@@ -69,18 +69,84 @@ def test_video_is_cut_into_instances_with_gaps_kept(tmp_path):
             assert dciodvfy(spool.absolute(spool.get(uid)))[0] == 0
 
 
-def test_out_of_order_and_stale_frames_are_counted_not_recorded(tmp_path):
+def test_time_orders_frames_and_the_sequence_only_counts_losses(tmp_path):
     spool = Spool(tmp_path)
     rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions())
-    t0 = now_ns()
+    t0 = now_ns() - 10**9
     rec.feed(synthetic_rgb(240, 320, 0), t0, 5)
-    rec.feed(synthetic_rgb(240, 320, 1), t0 + PERIOD, 4)   # sequence went back
-    rec.feed(synthetic_rgb(240, 320, 1), t0, 6)            # stamp did not advance
-    assert rec.stats.out_of_order == 2 and rec.stats.samples == 1
+    rec.feed(synthetic_rgb(240, 320, 1), t0 + PERIOD, 4)    # counter restarted, time goes on
+    rec.feed(synthetic_rgb(240, 320, 1), t0 + PERIOD, 4)    # the same message again
+    assert rec.stats.extra["sequence_resets"] == 1 and rec.stats.out_of_order == 1
+    assert rec.stats.samples == 2
     with pytest.raises(DicomOrError, match="shape"):
         rec.feed(np.zeros((10, 10, 3), np.uint8), t0 + 2 * PERIOD, 7)
+    # The next message stamped before the previous one: the clock stepped back. The open
+    # instance closes consistent and the frame starts the next one.
+    done = rec.feed(synthetic_rgb(240, 320, 2), t0 - 5 * PERIOD, 5)
+    assert rec.stats.extra["clock_steps"] == 1 and len(done) == 1
+    done += rec.stop()
+    assert [int(ds.NumberOfFrames) for ds in files(spool, done)] == [2, 1]
+
+
+def test_one_wild_sample_never_stops_a_stream(tmp_path):
+    """A sequence of 2^63 or a frame stamped a day ahead once made every later frame look
+    out of order; now the wild one is refused or taken for what it is, and recording
+    goes on."""
+    spool = Spool(tmp_path)
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions())
+    t0 = now_ns() - 10**9
+    rec.feed(synthetic_rgb(240, 320, 0), t0, 0)
+    rec.feed(synthetic_rgb(240, 320, 1), t0 + PERIOD, 2**63)       # wild sequence
+    with pytest.raises(DicomOrError, match="ahead of this host's clock"):
+        rec.feed(synthetic_rgb(240, 320, 2), t0 + 86_400 * 10**9, 2)  # a day ahead
+    with pytest.raises(DicomOrError, match="before 2000"):
+        rec.feed(synthetic_rgb(240, 320, 2), 10**9, 2)
+    for i in range(2, 12):
+        rec.feed(synthetic_rgb(240, 320, i), t0 + i * PERIOD, i)
+    assert rec.stats.samples == 12 and rec.stats.lost_messages == 0
+    assert rec.stats.extra["sequence_jumps"] == 1
     [uid] = rec.stop()
-    assert int(files(spool, [uid])[0].NumberOfFrames) == 1
+    assert int(files(spool, [uid])[0].NumberOfFrames) == 12
+
+
+def test_hostile_waveform_indices_and_pose_values_are_refused_at_the_door(tmp_path):
+    spool = Spool(tmp_path)
+    ecg = WaveformRecorder(example_descriptor("ecg"), spool, RecorderOptions())
+    data = synthetic_waveform(500, 3)
+    t0 = now_ns() - 5 * 10**9
+    chunk_ns = 100_000_000
+    ecg.feed(data[:50], t0, 0, 0)
+    with pytest.raises(DicomOrError, match="2\\^53"):
+        ecg.feed(data[50:100], t0 + chunk_ns, 2**62, 1)
+    with pytest.raises(DicomOrError, match="more than its time allows"):
+        ecg.feed(data[50:100], t0 + chunk_ns, 10**9, 1)
+    for k in range(1, 5):
+        ecg.feed(data[k * 50:(k + 1) * 50], t0 + k * chunk_ns, k * 50, k + 1)
+    assert ecg.stats.extra.get("lost_samples", 0) == 0
+    # The device restarts its sample count while time goes on: a new instance, not a loss.
+    ecg.feed(data[250:300], t0 + 5 * chunk_ns, 0, 6)
+    assert ecg.stats.extra["index_resets"] == 1
+    ecg.stop()
+    waves = sorted(files(spool, _series_uids(spool, ecg)), key=lambda ds: int(ds.InstanceNumber))
+    assert [len(read_samples(ds)) for ds in waves] == [250, 50]
+    assert np.array_equal(read_samples(waves[0]), data[:250])
+    assert str(waves[0].AcquisitionDateTime)[:4] == str(waves[1].AcquisitionDateTime)[:4]
+
+    pose = PoseRecorder(example_descriptor("pose"), spool, RecorderOptions())
+    tool = pose.descriptor.tool_ids[0]
+    with pytest.raises(DicomOrError, match="position"):
+        pose.feed(tool, t0, (1e39, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), True, 0)
+    with pytest.raises(DicomOrError, match="orientation"):
+        pose.feed(tool, t0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0), True, 0)
+    pose.feed(tool, t0, (0.1, 0.2, 0.3), (0.0, 0.0, 0.0, 1.0), True, 0)
+    [uid] = pose.stop()
+    stamps, positions, _ = read_pose_sr(files(spool, [uid])[0])[tool]
+    assert len(stamps) == 1 and np.allclose(positions, [[0.1, 0.2, 0.3]])
+
+
+def _series_uids(spool, recorder):
+    return [row.sop_instance_uid for row in spool.rows()
+            if row.series_instance_uid == recorder.descriptor.series_instance_uid]
 
 
 def test_lossless_video_and_snapshot(tmp_path):
@@ -254,7 +320,7 @@ def test_a_video_segment_is_cut_before_its_frame_time_vector_overflows(tmp_path,
     d.rows, d.columns, d.nominal_rate_hz = 16, 16, 60.0
     spool = Spool(tmp_path)
     rec = VideoRecorder(d, spool, RecorderOptions(video_mode="lossless", max_segment_s=3600))
-    t0 = now_ns()
+    t0 = now_ns() - 300 * 10**9  # 12,000 frames at 60 fps end 200 s later: not in the future
     rng = np.random.default_rng(1)
     done, stamp = [], t0
     frame = np.zeros((16, 16, 3), np.uint8)
