@@ -183,6 +183,7 @@ def run(options: argparse.Namespace) -> dict:
             start_latencies, _ = cfind_series(port, 20)
             started = time.monotonic()
             rss: dict[str, list[tuple[float, float]]] = {}
+            loads: list[float] = []
             end = started + options.minutes * 60
             while time.monotonic() < end:
                 if graph.poll() is not None:
@@ -192,7 +193,8 @@ def run(options: argparse.Namespace) -> dict:
                     value = rss_mib(pid)
                     if value is not None:
                         rss.setdefault(name, []).append((now, value))
-                print(f"  t={now / 60:5.1f} min  " + "  ".join(
+                loads.append(os.getloadavg()[0])
+                print(f"  t={now / 60:5.1f} min  load {loads[-1]:.1f}  " + "  ".join(
                     f"{n} {v[-1][1]:.0f}" for n, v in sorted(rss.items())) + " MiB",
                     flush=True)
                 time.sleep(min(RSS_PERIOD_S, max(0.0, end - time.monotonic())))
@@ -217,6 +219,8 @@ def run(options: argparse.Namespace) -> dict:
         results["rss"][name] = {"first_mib": samples[0][1], "last_mib": samples[-1][1],
                                 "max_mib": max(v for _, v in samples),
                                 "growth_mib_per_hour": slope_per_hour(steady)}
+    results["load_average"] = {"mean": statistics.fmean(loads) if loads else None,
+                               "max": max(loads, default=None)}
     results["launcher_exit"] = graph.returncode
     results["recorder_stop_s"] = recorder_stop_s
     results["cfind_start_ms"] = [1000 * x for x in start_latencies]
@@ -254,6 +258,8 @@ def report(r: dict) -> None:
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
     print(f"\nsoak of {r['minutes']} min: {' '.join(r['arguments'][2:])}")
+    print(f"1-minute load average during the run: mean {r['load_average']['mean']:.1f}, max "
+          f"{r['load_average']['max']:.1f} (2 cores)")
     print(f"{'node':<18}{'first MiB':>10}{'last MiB':>10}{'max MiB':>10}{'MiB/hour':>10}")
     for name, v in sorted(r["rss"].items()):
         print(f"{name:<18}{v['first_mib']:>10.0f}{v['last_mib']:>10.0f}{v['max_mib']:>10.0f}"
