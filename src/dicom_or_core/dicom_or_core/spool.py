@@ -172,28 +172,39 @@ class Journal:
 
     def records(self) -> Iterator[bytes]:
         """Every intact record in order, read as a stream (one record in memory at a
-        time); stops at a torn or corrupt tail (:attr:`damaged` then says where)."""
+        time). A record whose bytes fail their CRC is skipped (the ones after it are
+        still read); a torn tail, or a length that runs past the end, ends the reading.
+        :attr:`damaged` then says which records were lost."""
         self.damaged = ""
         try:
             fp = open(self.data_path, "rb", buffering=1 << 20)
         except FileNotFoundError:
             return
+        skipped: list[int] = []
         with fp:
             if fp.read(len(_JOURNAL_MAGIC)) != _JOURNAL_MAGIC:
-                self.damaged = "no journal header"
+                self.damaged = "no journal header: every record lost"
                 return
             index = 0
             while header := fp.read(_RECORD.size):
+                index += 1
                 if len(header) < _RECORD.size:
-                    self.damaged = f"torn record header after record {index}"
-                    return
+                    self.damaged = f"record {index} torn (power loss mid-write)"
+                    break
                 length, crc = _RECORD.unpack(header)
                 payload = fp.read(length) if length <= MAX_RECORD else b""
-                if len(payload) != length or zlib.crc32(payload) != crc:
-                    self.damaged = f"record {index + 1} torn or corrupt (CRC)"
-                    return
+                if len(payload) != length:
+                    self.damaged = f"record {index} runs past the end: it and any after " \
+                                   "it are lost"
+                    break
+                if zlib.crc32(payload) != crc:
+                    skipped.append(index)  # damaged bytes: this record only
+                    continue
                 yield payload
-                index += 1
+        if skipped:
+            listed = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+            self.damaged = "; ".join(filter(None, [
+                f"{len(skipped)} corrupt record(s) skipped (CRC): {listed}", self.damaged]))
 
     def discard(self) -> None:
         """Remove the journal (after its instance is final, or when it holds nothing)."""
@@ -476,10 +487,16 @@ class Spool:
         hold everything needed to finalise it (descriptor, SOP Instance UID, ...)."""
         meta = dict(meta)
         meta.setdefault("segment_id", uuid.uuid4().hex)
+        directory = self.journal_dir / meta["segment_id"]
         with self._lock:
             self._own_journals.add(meta["segment_id"])
-        return Journal(self.journal_dir / meta["segment_id"], meta, self.fsync_interval_s,
-                       create=True)
+        try:
+            return Journal(directory, meta, self.fsync_interval_s, create=True)
+        except OSError:
+            # Disk full or I/O error while creating it: leave no empty folder behind (one
+            # per sample while a disk is full once made tens of thousands).
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
 
     def journals(self) -> list[Journal]:
         """Journals left by an earlier run, oldest first (never one this process opened:
@@ -582,8 +599,7 @@ class Spool:
             else:
                 report.journals_discarded += 1
             if result.damaged:
-                report.problems.append(f"{journal.directory.name}: {result.damaged}; the "
-                                       "records after it are lost")
+                report.problems.append(f"{journal.directory.name}: {result.damaged}")
         report.sop_instance_uids = tuple(done)
         return report
 

@@ -215,7 +215,8 @@ def test_a_journal_that_cannot_be_finalised_is_quarantined_and_the_rest_recovere
     assert (tmp_path / ".spool" / "quarantine" / bad.directory.name / "data.jnl").is_file()
 
 
-def test_damage_mid_journal_keeps_the_records_before_and_says_so(tmp_path):
+def test_damage_mid_journal_loses_only_the_damaged_record_and_says_so(tmp_path):
+    """One flipped byte a third into a journal once dropped every record after it."""
     spool = Spool(tmp_path)
     journal = spool.open_journal({"sop_instance_uid": "1.2.3"})
     for k in range(10):
@@ -231,9 +232,22 @@ def test_damage_mid_journal_keeps_the_records_before_and_says_so(tmp_path):
         return instance()
 
     report = Spool(tmp_path).recover(finalise)
-    assert 0 < len(kept) < 10 and kept == [bytes([k]) * 100 for k in range(len(kept))]
+    assert len(kept) == 9 and kept == [bytes([k]) * 100 for k in range(10) if k != 3]
     assert report.journals_finalised == 1
-    assert any(f"record {len(kept) + 1}" in p for p in report.problems), report.problems
+    assert any("1 corrupt record(s) skipped (CRC): 4" in p for p in report.problems), \
+        report.problems
+
+
+def test_a_torn_tail_ends_the_journal_where_it_tore(tmp_path):
+    spool = Spool(tmp_path)
+    journal = spool.open_journal({"sop_instance_uid": "1.2.3"})
+    for k in range(5):
+        journal.append(bytes([k]) * 100)
+    journal.close()
+    data = journal.data_path.read_bytes()
+    journal.data_path.write_bytes(data[:-30])  # power loss in the last record
+    records = list(Spool(tmp_path).journals()[0].records())
+    assert records == [bytes([k]) * 100 for k in range(4)]
 
 
 def test_pixel_data_written_file_to_file(tmp_path):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import threading
 import time
@@ -223,6 +224,10 @@ class RecorderNode(Node):
             check=lambda v: v >= 0, rule="must be >= 0")
         status_period_s = declare(self, "status_period_s", 1.0, "status publish period",
                                   check=lambda v: 0.1 <= v <= 60, rule="must be 0.1..60 s")
+        self.disk_warn_free_mib = declare(
+            self, "disk_warn_free_mib", 2048, "warn (log and status disk.low) when the "
+            "recordings folder's file system has less free space than this (MiB)",
+            check=lambda v: v >= 0, rule="must be >= 0")
         self.shutdown_timeout_s = declare(
             self, "shutdown_timeout_s", 2.0, "on SIGINT / SIGTERM, how long queued video "
             "frames may still be encoded before the rest is dropped (counted); the last "
@@ -298,9 +303,8 @@ class RecorderNode(Node):
             else:
                 self.recovery["discarded"] += 1
             if result.damaged:
-                log.warning(f"segment {name}: {result.damaged}; the samples recorded after "
-                            "that point are lost, the ones before it are in instance "
-                            f"{result.sop_instance_uid}")
+                log.warning(f"segment {name}: {result.damaged}; every other record is in "
+                            f"instance {result.sop_instance_uid}")
         log.info(f"recovery done: {self.recovery['finalised']} segment(s) finalised, "
                  f"{self.recovery['discarded']} empty, {self.recovery['quarantined']} "
                  "quarantined")
@@ -598,6 +602,7 @@ class RecorderNode(Node):
                              lost_messages=s.lost_messages, out_of_order=s.out_of_order,
                              occluded=s.occluded, bytes_journaled=s.bytes_journaled,
                              instances=s.instances, finalising=s.finalising,
+                             unwritten=f.recorder.unwritten,
                              last_error=s.last_error, **dict(s.extra))
             elif f.refused:
                 entry["refused"] = f.refused
@@ -608,6 +613,7 @@ class RecorderNode(Node):
         sender = self.sender.stats
         return {
             "recordings_dir": str(self.spool.root),
+            "disk": self._disk(),
             "streams": streams,
             "recovery": dict(self.recovery),
             "instances": counts,
@@ -620,13 +626,34 @@ class RecorderNode(Node):
                      "last_error": sender.last_error},
         }
 
+    def _disk(self) -> dict[str, Any]:
+        """Free space where the recordings go, and whether it is below the warning level."""
+        try:
+            usage = shutil.disk_usage(self.spool.root)
+        except OSError as exc:
+            return {"error": str(exc)}
+        free_mib = usage.free / 2**20
+        return {"free_mib": round(free_mib), "total_mib": round(usage.total / 2**20),
+                "low": free_mib < self.disk_warn_free_mib}
+
     def _publish_status(self) -> None:
         if self._closed:
             return
+        with self._lock:
+            followed = list(self._followed.values())
+        for f in followed:  # instances a full disk could not take: try again
+            if f.recorder is not None and f.recorder.unwritten:
+                f.recorder.retry_unwritten()
         if self.retention_days > 0:
             safe = (COMMITTED,) if self.sender.config.storage_commitment else (STORED,)
             self.spool.apply_retention(self.retention_days * 86400.0, safe)
-        self._status_pub.publish(String(data=json.dumps(self.status())))
+        status = self.status()
+        if status["disk"].get("low"):
+            self.get_logger().warning(
+                f"only {status['disk']['free_mib']} MiB free under {self.spool.root} "
+                f"(disk_warn_free_mib {self.disk_warn_free_mib}): recording stops when it "
+                "is full", throttle_duration_sec=60.0)
+        self._status_pub.publish(String(data=json.dumps(status)))
 
     # -- shutdown ------------------------------------------------------------------------
 

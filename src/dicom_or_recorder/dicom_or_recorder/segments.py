@@ -48,6 +48,14 @@ orders samples; the sequence only counts losses:
   duplicate or reordered one, dropped (``out_of_order``);
 * a waveform ``first_sample_index`` that jumps ahead of what its time allows is refused; one
   that goes back while time goes on is a device that restarted its count: a new instance.
+
+A full disk (or any write error) is waited out, never spun on: the failing sample is
+refused, later ones are counted as ``dropped_disk_full`` while the stream backs off (0.5 s,
+doubling to 10 s) before it tries again; a video segment is abandoned at its first failed
+packet (its instance holds what was written, and the next segment starts with a new encoder,
+so at a key frame: no instance without a decodable start); a closed segment whose instance
+could not be written is kept as a journal and written again by :meth:`retry_unwritten` when
+space is back (and at the latest by the next start); ``last_error`` clears once writing works.
 """
 
 from __future__ import annotations
@@ -92,6 +100,8 @@ EARLIEST_NS = 946_684_800 * 10**9      # 2000-01-01T00:00:00Z: older is not a cl
 # No stream sends more messages per second than this: a larger sequence jump is not a loss.
 MAX_MESSAGE_RATE_HZ = 10_000.0
 MAX_POSITION_M = 1.0e4                 # a tracked tool 10 km from the camera is not a pose
+DISK_RETRY_INITIAL_S = 0.5
+DISK_RETRY_MAX_S = 10.0
 _VIDEO_REC = struct.Struct("<qQqB")       # stamp ns, sequence, pts, keyframe
 _RAW_REC = struct.Struct("<qQ")           # stamp ns, sequence
 _WAVE_REC = struct.Struct("<qQQH")        # first sample ns, first index, sequence, channels
@@ -188,6 +198,12 @@ class StreamRecorder:
         self._last_sequence_ns = 0      # acquisition time of the message _last_sequence
         self._segment_bytes = 0
         self._stats_lock = threading.Lock()
+        # Write errors (a full disk): back off instead of failing every sample.
+        self._disk_error = False
+        self._disk_wait_until = 0.0
+        self._disk_backoff_s = DISK_RETRY_INITIAL_S
+        # Closed segments whose instance could not be written yet: (journal, stamps).
+        self._unwritten: list[tuple[Journal, list[int] | None]] = []
 
     # -- sequence accounting -------------------------------------------------------------
 
@@ -238,11 +254,15 @@ class StreamRecorder:
     # -- segments --------------------------------------------------------------------------
 
     def _open(self, extra: dict[str, Any]) -> Journal:
-        self.instance_number += 1
         meta = {"recorder": self.kind, "sop_instance_uid": new_uid(),
-                "instance_number": self.instance_number,
+                "instance_number": self.instance_number + 1,
                 "descriptor": ctx.to_dict(self.descriptor), **extra}
-        self.journal = self.spool.open_journal(meta)
+        try:
+            self.journal = self.spool.open_journal(meta)
+        except OSError as exc:
+            self._disk_failed(exc)
+            raise
+        self.instance_number += 1
         self._segment_bytes = 0
         self.stats.recording = True
         return self.journal
@@ -250,10 +270,63 @@ class StreamRecorder:
     def _append(self, payload: bytes, samples: int = 1) -> None:
         """Journal one record holding ``samples`` messages; they are acknowledged now."""
         assert self.journal is not None
-        self.journal.append(payload)
+        try:
+            self.journal.append(payload)
+        except OSError as exc:
+            self._disk_failed(exc)
+            self._append_failed()
+            raise
+        self._disk_ok()
         self.stats.acknowledged += samples
         self.stats.bytes_journaled += len(payload)
         self._segment_bytes += len(payload)
+
+    def _append_failed(self) -> None:
+        """Hook: what a subclass must do when a record could not be written."""
+
+    # -- write errors (a full disk) ------------------------------------------------------
+
+    def _disk_ready(self, samples: int = 1) -> bool:
+        """False while a write error is being waited out: the samples are counted as
+        ``dropped_disk_full`` instead of each trying (and failing) again."""
+        if self._disk_error and time.monotonic() < self._disk_wait_until:
+            self._count("dropped_disk_full", samples)
+            return False
+        return True
+
+    def _disk_failed(self, exc: OSError) -> None:
+        self._disk_error = True
+        self._disk_wait_until = time.monotonic() + self._disk_backoff_s
+        self.stats.last_error = (f"cannot write the journal: {exc.strerror or exc}; trying "
+                                 f"again in {self._disk_backoff_s:g} s")
+        self._disk_backoff_s = min(DISK_RETRY_MAX_S, 2 * self._disk_backoff_s)
+
+    def _disk_ok(self) -> None:
+        if self._disk_error:
+            self._disk_error = False
+            self._disk_backoff_s = DISK_RETRY_INITIAL_S
+            self.stats.last_error = ""
+            self._count("disk_recoveries")
+
+    @property
+    def unwritten(self) -> int:
+        """Closed segments whose instance is waiting to be written again."""
+        with self._stats_lock:
+            return len(self._unwritten)
+
+    def retry_unwritten(self) -> None:
+        """Write again the instances that failed (a full disk), now that it may have room;
+        each that fails again waits for the next call."""
+        if self._disk_error and time.monotonic() < self._disk_wait_until:
+            return
+        with self._stats_lock:
+            pending, self._unwritten = self._unwritten, []
+            self.stats.finalising += len(pending)
+        for journal, stamps in pending:
+            if self.finaliser is not None:
+                self.finaliser.submit(self._finalise, journal, stamps)
+            else:
+                self._finalise(journal, stamps)
 
     def _segment_full(self, elapsed_ns: int) -> bool:
         """Whether the open segment has reached its duration or size bound."""
@@ -293,10 +366,20 @@ class StreamRecorder:
             if instance is not None:
                 self.spool.write_instance(instance)
                 self.stats.instances += 1
-        except (DicomOrError, OSError, ValueError) as exc:
-            # The journal stays on disk: the next start finalises it (or reports it again).
-            self.stats.last_error = f"finalising instance failed: {exc}"
-            raise
+        except OSError as exc:
+            # No room (or an I/O error): the journal keeps every sample; written again by
+            # retry_unwritten() once the disk has room, or by the next start.
+            self.stats.last_error = f"writing instance failed: {exc.strerror or exc}; " \
+                                    "will retry"
+            with self._stats_lock:
+                self._unwritten.append((journal, stamps))
+            return
+        except (DicomOrError, ValueError) as exc:
+            # The journal's content cannot make an instance: keep it for an operator.
+            self.stats.last_error = f"segment quarantined: {exc}"
+            self._count("quarantined")
+            self.spool.quarantine(journal.directory, f"{type(exc).__name__}: {exc}")
+            return
         finally:
             with self._stats_lock:
                 self.stats.finalising -= 1
@@ -367,6 +450,8 @@ class VideoRecorder(StreamRecorder):
             self.stats.out_of_order += 1  # frame times must increase strictly (C.7.6.5)
             return []
         self.latest = (image, stamp_ns)
+        if not self._disk_ready():
+            return []
         done = []
         if self.journal is not None and (
                 verdict == NEW_SEGMENT
@@ -464,6 +549,16 @@ class VideoRecorder(StreamRecorder):
         stamps, self._stamps = self._stamps, []
         return stamps
 
+    def _append_failed(self) -> None:
+        """A packet could not be journaled: later packets of this encoder would reference
+        it, so the segment ends here (its instance holds what was written, decodable from
+        its key frame) and the next frame opens a new segment with a new encoder."""
+        if self.lossless or self.journal is None:
+            return
+        self._encoder = None      # its buffered packets belong to the broken segment
+        self._pending.clear()
+        self.close_segment(wait=False)
+
     def _note_stamp(self, stamp_ns: int) -> None:
         """Keep a journaled frame's stamp, and the length its Frame Time Vector entry takes
         (the increment as :func:`~dicom_or_core.iod.video.frame_timing` writes it, with its
@@ -533,7 +628,7 @@ class WaveformRecorder(StreamRecorder):
                     raise DicomOrError("first_sample_index", f"jumps {gap} samples ahead, "
                                        "more than its time allows", first_sample_index)
         verdict = self._admit(first_sample_ns, sequence, -1)
-        if verdict == DROP:
+        if verdict == DROP or not self._disk_ready(samples.shape[0]):
             return []
         done = []
         limit = self.options.max_segment_s * fs
@@ -596,6 +691,8 @@ class PoseRecorder(StreamRecorder):
         if verdict == ACCEPT and stamp_ns == last_stamp:
             self.stats.out_of_order += 1  # one pose per tool and time
             return []
+        if not self._disk_ready():
+            return []
         done = []
         limit = self.options.max_poses_per_instance
         if self.journal is not None and (
@@ -623,11 +720,17 @@ class PoseRecorder(StreamRecorder):
         return done
 
     def _flush_batch(self) -> None:
-        """Journal the poses taken since the last batch: one record, one write."""
+        """Journal the poses taken since the last batch: one record, one write. A batch
+        that cannot be written is dropped (counted): it was never acknowledged."""
         if self._batch_rows:
-            self._append(bytes(self._batch), samples=self._batch_rows)
+            batch, rows = bytes(self._batch), self._batch_rows
             self._batch.clear()
             self._batch_rows = 0
+            try:
+                self._append(batch, samples=rows)
+            except OSError:
+                self._count("dropped_disk_full", rows)
+                raise
 
     def _before_close(self, journal: Journal) -> None:
         self._flush_batch()

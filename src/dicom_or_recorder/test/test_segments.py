@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pydicom
 import pytest
@@ -340,3 +342,78 @@ def test_a_video_segment_is_cut_before_its_frame_time_vector_overflows(tmp_path,
         assert len(element.value) == int(raw.NumberOfFrames)
         total += int(raw.NumberOfFrames)
     assert total == 12_000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 24 MiB file system (tmpfs) to fill up; skipped where mounting is not allowed."""
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(folder):
+    """Write until the file system is full; return the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb") as fp:
+        try:
+            while True:
+                fp.write(b"\0" * 65536)
+                fp.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_waited_out_and_every_instance_decodes(small_disk, monkeypatch):
+    import dicom_or_recorder.segments as segments
+
+    monkeypatch.setattr(segments, "DISK_RETRY_INITIAL_S", 0.05)
+    monkeypatch.setattr(segments, "DISK_RETRY_MAX_S", 0.1)
+    spool = Spool(small_disk)
+    rec = VideoRecorder(example_descriptor("video"), spool, RecorderOptions())
+    t0 = now_ns() - 30 * 10**9
+    frame = 0
+
+    def feed(n):
+        nonlocal frame
+        failures = 0
+        for _ in range(n):
+            try:
+                rec.feed(synthetic_rgb(240, 320, frame), t0 + frame * PERIOD, frame)
+            except OSError:
+                failures += 1
+            frame += 1
+        return failures
+
+    assert feed(20) == 0
+    filler = fill(small_disk)
+    failures = feed(60)
+    assert failures >= 1 and rec.stats.extra.get("dropped_disk_full", 0) > 0
+    assert rec.stats.last_error.startswith("cannot write")
+    assert rec.unwritten == 1  # the abandoned segment: its instance did not fit either
+    # Waited out, not spun on: no folder per sample while full.
+    assert len(list((small_disk / ".spool" / "journal").iterdir())) <= 2
+    filler.unlink()
+    deadline = time.monotonic() + 10
+    while rec._disk_error and time.monotonic() < deadline:
+        time.sleep(0.02)  # the back-off (0.05-0.1 s here) runs out
+        feed(1)
+    assert feed(20) == 0 and rec.stats.last_error == ""
+    rec.retry_unwritten()
+    assert rec.unwritten == 0
+    rec.stop()
+    videos = [pydicom.dcmread(spool.absolute(row)) for row in spool.rows()]
+    assert len(videos) >= 2
+    for ds in videos:  # every instance starts at a key frame and decodes whole
+        frames = decode_frames(b"".join(generate_fragments(ds.PixelData)))
+        assert len(frames) == int(ds.NumberOfFrames) > 0
