@@ -50,6 +50,7 @@ from pynetdicom import (
 )
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import split_dataset
 
 from dicom_or_core import query as q
@@ -240,14 +241,80 @@ def send_from_files(assoc: Association) -> None:
     dul.send_pdu = bounded
 
 
+def is_ae_title(text: str) -> bool:
+    """Whether ``text`` is a usable AE title (PS3.5 6.2, VR AE): 1 to 16 characters of the
+    default repertoire without backslash or control characters, not only spaces (leading
+    and trailing spaces are insignificant)."""
+    value = text.strip(" ")
+    return 0 < len(value) <= 16 and all(" " <= c <= "~" and c != "\\" for c in value)
+
+
 def parse_destination(text: str) -> tuple[str, str, int]:
-    """A C-MOVE destination ``AE@host:port`` as (AE, host, port)."""
+    """A C-MOVE destination ``AE@host:port`` as (AE, host, port); the AE title must be a
+    valid AE value (:func:`is_ae_title`), the port 1-65535."""
     ae_title, at, address = text.partition("@")
     host, colon, port = address.rpartition(":")
-    if not at or not colon or not ae_title.strip() or not host or not port.isdigit() \
-            or not 0 < int(port) < 65536 or len(ae_title.strip()) > 16:
+    if not at or not colon or not is_ae_title(ae_title) or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536:
         raise DicomOrError("move_destinations", "each entry must be AE@host:port", text)
     return ae_title.strip(), host, int(port)
+
+
+# --- C-MOVE-RQ with an invalid Move Destination --------------------------------------
+#
+# pynetdicom 3.0.4 checks Move Destination (0000,0600) (VR AE) while its DIMSE layer turns
+# the received C-MOVE-RQ into a primitive: an empty or non-printable value raised
+# ValueError there, pynetdicom logged a traceback and aborted the association (Evt19),
+# before any handler ran. The right answer is a C-MOVE-RSP "Move Destination unknown"
+# (0xA801, PS3.4 C.4.2.1.5 / C.4.3.1.4). So the setter below keeps a value that fails the
+# check as the text it is, and _on_move refuses it. Valid values are set as before; the
+# requestor side (send_c_move) still checks its argument separately.
+_STRICT_MOVE_DESTINATION: property = C_MOVE.MoveDestination
+
+
+def _lenient_move_destination(primitive: C_MOVE, value: str | bytes | None) -> None:
+    try:
+        _STRICT_MOVE_DESTINATION.fset(primitive, value)
+    except (TypeError, ValueError):
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        primitive._move_destination = text  # refused by BridgeScp._on_move with 0xA801
+
+
+if getattr(_STRICT_MOVE_DESTINATION.fset, "__name__", "") != "_lenient_move_destination":
+    C_MOVE.MoveDestination = property(_STRICT_MOVE_DESTINATION.fget,
+                                      _lenient_move_destination,
+                                      doc=_STRICT_MOVE_DESTINATION.__doc__)
+
+
+def _answer_move_with(event: evt.Event, status: Dataset) -> Iterator[object]:
+    """Refuse a C-MOVE with ``status`` (and its Error Comment / Offending Element) before
+    any sub-association.
+
+    pynetdicom 3.0.4 wants the destination as the handler's first yield and opens the
+    sub-association before it takes any status from the handler; the only final statuses
+    it sends before that are its own (0xA801 for a ``(None, None)`` destination, 0xC51x on
+    errors). A bad identifier (0xA900) must not depend on reaching the destination, nor
+    open an association to it. So the handler yields ``(None, None)`` and rewrites the one
+    C-MOVE-RSP pynetdicom then sends for this request into ``status``."""
+    dimse = event.assoc.dimse
+    send_msg = dimse.send_msg
+    message_id = event.request.MessageID
+
+    def rewrite(primitive: object, context_id: int) -> None:
+        if isinstance(primitive, C_MOVE) and \
+                primitive.MessageIDBeingRespondedTo == message_id:
+            dimse.send_msg = send_msg  # only this one response
+            primitive.Status = status.Status
+            primitive.ErrorComment = status.get("ErrorComment")
+            if "OffendingElement" in status:
+                primitive.OffendingElement = status.OffendingElement
+        send_msg(primitive, context_id)
+
+    dimse.send_msg = rewrite
+    try:
+        yield None, None
+    finally:
+        dimse.send_msg = send_msg
 
 
 @dataclass
@@ -431,6 +498,7 @@ class BridgeScp:
     # --- services ------------------------------------------------------------------
 
     def _on_echo(self, event: evt.Event) -> int:
+        """C-ECHO (PS3.7 9.1.5): always Success; it carries no data to refuse."""
         return q.SUCCESS
 
     def _parse(self, event: evt.Event, roots: dict[str, str]) -> tuple[q.Query, bool]:
@@ -516,6 +584,12 @@ class BridgeScp:
             yield 1
             yield exc.status_dataset(), None
             return
+        except Exception as exc:  # a bug must not end in pynetdicom's 0xC511 and traceback
+            self.log.exception("C-GET failed")
+            yield 1
+            yield q.QueryError(q.FAILURE_UNABLE_TO_PROCESS,
+                               f"internal error: {type(exc).__name__}").status_dataset(), None
+            return
         # The instances go back over this association, from their files.
         send_from_files(event.assoc)
         # Files, then the live snapshots, taken only when their turn comes.
@@ -525,10 +599,16 @@ class BridgeScp:
         yield from self._deliver(event, loaders)
 
     def _on_move(self, event: evt.Event) -> Iterator[object]:
-        destination = str(event.move_destination or "").strip()
-        address = self.config.move_destinations.get(destination)
+        """C-MOVE (PS3.4 C.4.2.2): the Move Destination must be one of
+        ``move_destinations`` (else 0xA801 Move Destination unknown, also for an empty or
+        non-printable one), then the identifier must be valid (else 0xA900 / 0xC000 as for
+        C-FIND, answered without contacting the destination); then the sub-association."""
+        destination = str(event.move_destination or "").strip(" ")
+        address = self.config.move_destinations.get(destination) \
+            if is_ae_title(destination) else None
         if address is None:
-            self.log.warning("C-MOVE to unknown destination %r refused", destination)
+            self.log.warning("C-MOVE refused (0x%04X): unknown destination %r",
+                             q.FAILURE_MOVE_DESTINATION_UNKNOWN, destination[:32])
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         live: list[str] = []
@@ -536,9 +616,13 @@ class BridgeScp:
             paths = self._matches(event, MOVE_ROOTS, live if self.snapshot else None)
         except q.QueryError as exc:
             self.log.info("C-MOVE refused (0x%04X): %s", exc.status, exc.comment)
-            yield address[0], address[1]
-            yield 1
-            yield exc.status_dataset(), None
+            yield from _answer_move_with(event, exc.status_dataset())
+            return
+        except Exception as exc:  # a bug must not end in pynetdicom's 0xC51x and traceback
+            self.log.exception("C-MOVE failed")
+            yield from _answer_move_with(event, q.QueryError(
+                q.FAILURE_UNABLE_TO_PROCESS,
+                f"internal error: {type(exc).__name__}").status_dataset())
             return
         # Snapshots are taken before the sub-association is requested: their SOP class
         # and transfer syntax must be among the proposed presentation contexts.

@@ -688,3 +688,114 @@ def test_live_snapshot_gets_an_instance_number_of_its_own(tmp_path):
     assert len(numbers) == 3
     snapshot = [n for sop, n in numbers.items() if not sop.startswith("1.2.3.10.")]
     assert snapshot == [5]
+
+
+# --- Statuses for malformed C-MOVE requests (fuzz findings) -------------------------------
+
+STUDY_MOVE = sc.StudyRootQueryRetrieveInformationModelMove
+
+
+def _send_raw(assoc, request, context_id=None):
+    """Send a DIMSE request primitive as is (no client-side checks) and return the final
+    response primitive, or None when the association ended instead."""
+    assoc._reactor_checkpoint.clear()  # pause the SCU's reactor, as pynetdicom's send_* do
+    while not assoc._is_paused:
+        threading.Event().wait(0.001)
+    try:
+        assoc.dimse.send_msg(request, context_id or assoc.accepted_contexts[0].context_id)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            if response is None or response.Status not in (0xFF00, 0xFF01):
+                return response
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def _move_request(identifier: Dataset, destination: str, message_id: int = 1):
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_MOVE
+    from pynetdicom.dsutils import encode
+
+    request = C_MOVE()
+    request.MessageID, request.AffectedSOPClassUID, request.Priority = \
+        message_id, STUDY_MOVE, 2
+    request._move_destination = destination  # raw: the SCU side would refuse bad ones
+    request.Identifier = BytesIO(encode(identifier, True, True))
+    return request
+
+
+class _Listener:
+    """A TCP port that counts connections (a C-MOVE destination that must stay untouched)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+
+    def poll(self):
+        try:
+            conn, _ = self.sock.accept()
+            conn.close()
+            self.accepted += 1
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("identifier, status", [
+    (ident(QueryRetrieveLevel="SERIES", StudyInstanceUID=STUDY), 0xA900),  # no Series UID
+    (ident(QueryRetrieveLevel="FRAME", StudyInstanceUID=STUDY), 0xA900),
+    (ident(StudyInstanceUID=STUDY), 0xA900),                                # no level
+    (ident(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.x"), 0xA900),  # not a UID
+])
+def test_c_move_with_a_bad_identifier_is_a900_without_contacting_the_destination(
+        tmp_path, identifier, status, caplog):
+    """Regression: a bad identifier got 0xC515 (pynetdicom's 'invalid destination') and a
+    traceback, because the handler yielded the destination without presentation contexts.
+    PS3.4 C.4.2.1.5: 0xA900 Identifier does not match SOP Class, with an Error Comment;
+    the destination is never contacted for a request that is refused."""
+    write_instance(tmp_path, sop="1.2.3.6.1")
+    listener = _Listener()
+    try:
+        with running_scp(tmp_path, move_destinations={
+                "STORE_SCP": ("127.0.0.1", listener.port)}) as scp, \
+                caplog.at_level("INFO"):
+            assoc = scu(STUDY_MOVE).associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+            assert assoc.is_established
+            response = _send_raw(assoc, _move_request(identifier, "STORE_SCP"))
+            assert response is not None and response.Status == status
+            assert response.ErrorComment
+            # The association goes on: a correct request on it still works.
+            assert assoc.is_established
+            again = _send_raw(assoc, _move_request(identifier, "STORE_SCP", message_id=2))
+            assert again.Status == status
+            assoc.release()
+            listener.poll()
+            assert echo_ok(scp.port)
+        assert listener.accepted == 0
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    finally:
+        listener.sock.close()
+
+
+@pytest.mark.parametrize("destination", ["", "   ", "\x01\x02", "BAD\\AE", "X" * 17,
+                                         "UNKNOWN_AE"])
+def test_c_move_with_an_empty_or_non_printable_destination_is_a801(destination):
+    """Regression: an empty or non-printable Move Destination made pynetdicom's DIMSE layer
+    raise while decoding the request: traceback and A-ABORT. PS3.4 C.4.2.1.5: 0xA801 Move
+    Destination unknown, and the association stays usable."""
+    with running_scp(move_destinations={"STORE_SCP": ("127.0.0.1", 1)}) as scp:
+        ae = scu(STUDY_MOVE, sc.Verification)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
+        assert assoc.is_established
+        query = ident(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY)
+        response = _send_raw(assoc, _move_request(query, destination),
+                             assoc.accepted_contexts[0].context_id
+                             if assoc.accepted_contexts[0].abstract_syntax == STUDY_MOVE
+                             else assoc.accepted_contexts[1].context_id)
+        assert response is not None, "the association was aborted"
+        assert response.Status == 0xA801
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()

@@ -256,22 +256,86 @@ def _pn_norm(text: str, groups: bool) -> str:
     return "=".join(p.rstrip("^ ") for p in parts).rstrip("=").casefold()
 
 
-def _wildcard_regex(pattern: str, fold: bool) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, re.DOTALL | (re.IGNORECASE if fold else 0))
+def _fixed_at(segment: str, text: str, start: int) -> bool:
+    """Whether ``segment`` (literal characters and ``?``) matches ``text`` at ``start``."""
+    if start < 0 or start + len(segment) > len(text):
+        return False
+    if "?" not in segment:
+        return text.startswith(segment, start)
+    return all(c == "?" or c == text[start + k] for k, c in enumerate(segment))
+
+
+def _find_segment(segment: str, text: str, start: int, end: int) -> int:
+    """The leftmost position ``p`` in ``[start, end - len(segment)]`` where ``segment``
+    (literal characters and ``?``) matches ``text``, or -1.
+
+    Without ``?`` this is ``str.find``. With ``?`` it is the bit-parallel Shift-And scan:
+    one pass over ``text`` whatever the segment holds, each step a few integer operations
+    on a ``len(segment)``-bit state, so no input can make it backtrack."""
+    m = len(segment)
+    if end - start < m:
+        return -1
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    any_char = 0                    # bit k set: position k of the segment is '?'
+    masks: dict[str, int] = {}      # bit k set in masks[c]: position k is the literal c
+    for k, c in enumerate(segment):
+        if c == "?":
+            any_char |= 1 << k
+        else:
+            masks[c] = masks.get(c, 0) | 1 << k
+    accept = 1 << (m - 1)
+    state = 0                       # bit k set: segment[:k + 1] matches ending here
+    for i in range(start, end):
+        state = ((state << 1) | 1) & (masks.get(text[i], 0) | any_char)
+        if state & accept:
+            return i - m + 1
+    return -1
+
+
+def wildcard_match(pattern: str, text: str) -> bool:
+    """Wild Card Matching (PS3.4 C.2.2.2.4): whether all of ``text`` matches ``pattern``,
+    where ``*`` matches any run of characters (also none) and ``?`` exactly one; every
+    other character matches itself.
+
+    Linear in ``len(text)`` for any pattern, never backtracking: a fuzzer's
+    ``****************x`` took 29 s with the former regex (``.*`` per star) and froze the
+    process. The pattern is cut at its ``*`` (so runs of ``*`` collapse into one): the
+    first piece must match at the start of ``text``, the last at its end, and each piece
+    between them is placed at its leftmost match after the previous one. Leftmost
+    placement is always safe: any match that places a piece further right can place it
+    leftmost instead and leaves more room for the pieces after it."""
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(text) == len(pattern) and _fixed_at(pattern, text, 0)
+    first, middle, last = pieces[0], pieces[1:-1], pieces[-1]
+    if len(first) + len(last) > len(text):
+        return False
+    if not _fixed_at(first, text, 0) or not _fixed_at(last, text, len(text) - len(last)):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for piece in middle:
+        if not piece:  # "**": a run of stars is one star
+            continue
+        found = _find_segment(piece, text, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
 
 
 def _match_string(vr: str, query: str, stored: str) -> bool:
     if vr == "PN":
+        # Both sides are case folded, so the wildcard match itself stays exact.
         has_groups = "=" in query
         q = _pn_norm(query, has_groups)
         s = _pn_norm(stored, has_groups)
         if "*" in q or "?" in q:
-            return _wildcard_regex(q, True).fullmatch(s) is not None
+            return wildcard_match(q, s)
         return q == s
     q, s = query.strip(), stored.strip()
     if vr in _WILDCARD_VRS and ("*" in q or "?" in q):
-        return _wildcard_regex(q, False).fullmatch(s) is not None
+        return wildcard_match(q, s)
     return q == s
 
 

@@ -1,12 +1,15 @@
 """PS3.4 C.2.2.2 attribute matching, element by element, without any network."""
 
+import time
+
 import pytest
 from pydicom.dataset import Dataset
 
 from dicom_or_core import query as q
 
 # Query values (wildcards, ranges) are not valid stored values; pydicom says so, rightly.
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
+pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
+              pytest.mark.filterwarnings("ignore:The value length:UserWarning")]
 
 
 def record(**kw) -> Dataset:
@@ -217,3 +220,98 @@ def test_answer_has_unique_keys_level_and_utf8_charset():
     assert answer.PatientID == "P1" and answer.StudyInstanceUID == "1.2"
     assert answer.Modality == "ES"
     assert "PatientName" not in answer
+
+
+# --- Wild card matching in linear time (PS3.4 C.2.2.2.4) ---------------------------------
+
+def _reference_wildcard(pattern: str, text: str) -> bool:
+    """Plain dynamic programming over (pattern, text) prefixes: slow but obviously right."""
+    reach = [True] + [False] * len(text)   # reach[j]: pattern[:i] matches text[:j]
+    for c in pattern:
+        if c == "*":
+            for j in range(1, len(text) + 1):
+                reach[j] = reach[j] or reach[j - 1]
+        else:
+            reach = [False] + [reach[j - 1] and (c == "?" or c == text[j - 1])
+                               for j in range(1, len(text) + 1)]
+    return reach[len(text)]
+
+
+def test_wildcard_match_agrees_with_a_reference_on_random_patterns():
+    import random
+
+    rng = random.Random(20241124)
+    for _ in range(5000):
+        text = "".join(rng.choice("ab.") for _ in range(rng.randint(0, 10)))
+        pattern = "".join(rng.choice("ab.*?") for _ in range(rng.randint(0, 8)))
+        assert q.wildcard_match(pattern, text) is _reference_wildcard(pattern, text), \
+            (pattern, text)
+
+
+def _finishes_within(seconds: float, fn) -> bool:
+    """Run ``fn`` in a daemon thread; False when it is still running after ``seconds`` (a
+    backtracking matcher would hold the test for minutes)."""
+    import threading
+
+    worker = threading.Thread(target=fn, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+# One key of each VR that allows wild cards (PS3.4 C.2.2.2.4).
+@pytest.mark.parametrize("keyword", [
+    "RetrieveAETitle", "Modality", "StudyDescription", "ImageComments", "PatientName",
+    "AccessionNumber", "InstitutionAddress", "LongCodeValue", "RetrieveURL", "TextValue"])
+def test_hostile_wildcards_are_matched_in_linear_time(keyword):
+    """Regression: ``****************x`` against a short description took 29 s and froze the
+    bridge; each 2 more stars multiplied that by 4-5."""
+    from pydicom.datadict import dictionary_VR
+
+    assert dictionary_VR(keyword) in q._WILDCARD_VRS
+    stored = "Lap chole"
+    hostile = ["*" * 16 + "x", "*" * 40 + "x", "*?" * 200 + "x", "?*" * 3000,
+               "*a" * 5000 + "*", "*" + "?" * 10 + "*" * 30 + "Z"]
+    results = {}
+
+    def run():
+        for pattern in hostile:
+            results[pattern] = matches({keyword: pattern}, {keyword: stored})
+
+    assert _finishes_within(2.0, run), f"{keyword}: wild card matching backtracks"
+    assert not any(results.values())
+    assert matches({keyword: "*" * 64 + "chole"}, {keyword: stored})
+    assert matches({keyword: "L*?*?*e"}, {keyword: stored})
+
+
+def test_wildcard_matching_is_linear_in_a_long_stored_value():
+    stored = "ab" * 5000 + "c"
+    for pattern, expected in (("*a?a?a?a?b*c", False), ("*" + "a?" * 40 + "*d", False),
+                              ("*?" * 300 + "c", True), ("a*b*a*c", True),
+                              ("a" + "*?b" * 4000 + "c", True)):
+        start = time.perf_counter()
+        assert q.wildcard_match(pattern, stored) is expected, pattern
+        assert time.perf_counter() - start < 0.5, pattern
+
+
+@pytest.mark.parametrize("vr, text", [
+    ("DA", "2" * 60000), ("DA", "2" * 30000 + "-" + "2" * 30000),
+    ("TM", "1" * 60000), ("TM", "1" * 30000 + "." + "1" * 30000),
+    ("DT", "2" * 60000), ("DT", "2" * 30000 + "-"), ("DT", "2024" + "+0000" * 10000 + "-"),
+    ("DT", "20241124" * 7000 + "-20241124"), ("DT", "-" * 60000)])
+def test_hostile_date_time_values_are_refused_quickly(vr, text):
+    start = time.perf_counter()
+    with pytest.raises(ValueError):
+        q.parse_range(vr, text)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_hostile_uid_lists_are_checked_quickly():
+    from pydicom.dataelem import DataElement
+
+    start = time.perf_counter()
+    with pytest.raises(q.QueryError):
+        q.check_key(DataElement(0x0020000D, "UI", ["1.2." * 20] * 3000 + ["1.2.x"]))
+    with pytest.raises(q.QueryError):
+        q.check_key(DataElement(0x0020000D, "UI", "1" * 60000))
+    assert time.perf_counter() - start < 0.5
