@@ -66,13 +66,24 @@ class DicomBridgeNode(Node):
             "associate; empty = any", param_type=_STRINGS,
             check=lambda v: all(_ae_ok(a) for a in v),
             rule="each must be a valid AE title")
-        p["allowed_hosts"] = declare(self, "allowed_hosts", [], "peer IP addresses allowed "
-                                     "to associate; empty = any", param_type=_STRINGS,
+        p["allowed_hosts"] = declare(self, "allowed_hosts", [], "peer IP addresses or host "
+                                     "names (resolved at start) allowed to connect; others "
+                                     "are closed at accept; empty = any",
+                                     param_type=_STRINGS,
                                      check=lambda v: all(h.strip() for h in v),
                                      rule="entries must not be empty")
         p["max_associations"] = declare(self, "max_associations", 64, "concurrent "
-                                        "associations; more are rejected (transient)",
+                                        "associations (from the A-ASSOCIATE-RQ on); more are "
+                                        "rejected (transient)",
                                         check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
+        p["max_pending_connections"] = declare(
+            self, "max_pending_connections", 128, "connections accepted whose "
+            "A-ASSOCIATE-RQ is not complete yet; more are rejected (transient)",
+            check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
+        p["association_request_timeout_s"] = declare(
+            self, "association_request_timeout_s", 5.0, "time from accept (TLS handshake "
+            "included) to a complete A-ASSOCIATE-RQ; then the connection is closed",
+            check=lambda v: 0 < v <= 600, rule="must be in (0, 600]")
         for name, default, text in (("acse_timeout_s", 30.0, "association negotiation"),
                                     ("dimse_timeout_s", 30.0, "a DIMSE message"),
                                     ("network_timeout_s", 60.0, "an idle connection")):
@@ -85,6 +96,14 @@ class DicomBridgeNode(Node):
                                             "larger C-FIND/GET/MOVE identifiers are refused "
                                             "(0xC000)", check=lambda v: v >= 256,
                                             rule="must be >= 256")
+        p["max_message_bytes"] = declare(
+            self, "max_message_bytes", 1 << 20, "a received DIMSE command or data set "
+            "larger than this aborts the association", check=lambda v: v >= 4096,
+            rule="must be >= 4096 and >= max_identifier_bytes")
+        p["max_message_fragments"] = declare(
+            self, "max_message_fragments", 1024, "a received DIMSE command or data set "
+            "in more P-DATA fragments aborts the association",
+            check=lambda v: 1 <= v <= 1 << 20, rule="must be 1..1048576")
         p["max_matches"] = declare(self, "max_matches", 10000, "C-FIND stops with 0xA700 "
                                    "beyond this many matches", check=lambda v: v >= 1,
                                    rule="must be >= 1")

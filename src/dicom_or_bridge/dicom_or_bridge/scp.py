@@ -4,18 +4,18 @@ Services (PS3.4): Verification (C-ECHO); Patient Root and Study Root Query/Retri
 GET and MOVE at every level. Handlers run in pynetdicom's association threads and only read
 the store's immutable snapshot, so they never touch the ROS executor.
 
-Security and limits: a calling-AE-title allow-list and an optional peer-host allow-list
-(refusals are A-ASSOCIATE-RJ "calling AE title not recognised", logged with the peer
-address), a maximum number of concurrent associations (further requests get a transient
-"local limit exceeded" reject), ACSE / DIMSE / network timeouts, a cap on the size of an
-identifier and on the number of C-FIND matches, and optional DICOM TLS (PS3.15 B.1 "Basic
-TLS Secure Transport Connection Profile") from certificate / key / CA files.
+Security and limits: a calling-AE-title allow-list (refusals are A-ASSOCIATE-RJ "calling
+AE title not recognised", logged with the peer address), a cap on the size of an
+identifier and on the number of C-FIND matches, ACSE / DIMSE / network timeouts, and
+optional DICOM TLS (PS3.15 B.1 "Basic TLS Secure Transport Connection Profile") from
+certificate / key / CA files. Everything about connections - the host allow-list, the
+association and pending-connection limits, the A-ASSOCIATE-RQ timeout, the TLS handshake,
+PDU and message size limits - is :mod:`dicom_or_bridge.server`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -53,6 +53,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import split_dataset
 
+from dicom_or_bridge.server import BridgeServer, ConnectionLimits, resolve_hosts
 from dicom_or_core import query as q
 from dicom_or_core.errors import DicomOrError
 from dicom_or_core.qr_model import ModelStore
@@ -325,18 +326,57 @@ class ScpConfig:
     host: str = "127.0.0.1"
     port: int = 0
     allowed_calling_ae_titles: list[str] = field(default_factory=list)  # empty: any
-    allowed_hosts: list[str] = field(default_factory=list)              # empty: any
-    max_associations: int = 64
+    allowed_hosts: list[str] = field(default_factory=list)  # names or IPs; empty: any
+    max_associations: int = 64  # counted from the A-ASSOCIATE-RQ on
+    max_pending_connections: int = 128  # accepted, A-ASSOCIATE-RQ not complete yet
+    association_request_timeout_s: float = 5.0  # accept (+ TLS) to complete A-ASSOCIATE-RQ
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 30.0
     network_timeout_s: float = 60.0
     max_pdu_size: int = 65536
     max_identifier_bytes: int = 65536
+    max_message_bytes: int = 1 << 20  # one received DIMSE command / data set
+    max_message_fragments: int = 1024  # P-DATA fragments (PDVs) of one of them
     max_matches: int = 10000
     move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""  # when set, clients must present a certificate signed by it
+
+    def validate(self) -> None:
+        """DicomOrError naming the first field that breaks its rule (the limits of
+        :mod:`dicom_or_bridge.server`; the node checks the others when it declares them)."""
+        if not 1 <= self.max_associations <= 1000:
+            raise DicomOrError("max_associations", "must be 1..1000", self.max_associations)
+        if not 1 <= self.max_pending_connections <= 1000:
+            raise DicomOrError("max_pending_connections", "must be 1..1000",
+                               self.max_pending_connections)
+        if not 0 < self.association_request_timeout_s <= 600:
+            raise DicomOrError("association_request_timeout_s", "must be in (0, 600]",
+                               self.association_request_timeout_s)
+        if self.max_message_bytes < max(self.max_identifier_bytes, 4096):
+            # Below it, an identifier the 0xC000 check would refuse politely is aborted.
+            raise DicomOrError("max_message_bytes", "must be >= max_identifier_bytes and "
+                               ">= 4096", self.max_message_bytes)
+        if not 1 <= self.max_message_fragments <= 1 << 20:
+            raise DicomOrError("max_message_fragments", "must be 1..1048576",
+                               self.max_message_fragments)
+        if any(not host.strip() for host in self.allowed_hosts):
+            raise DicomOrError("allowed_hosts", "entries must not be empty")
+
+    def limits(self) -> ConnectionLimits:
+        """The connection limits of :mod:`dicom_or_bridge.server`; resolves
+        ``allowed_hosts`` now (DicomOrError naming it when a name does not resolve)."""
+        self.validate()
+        return ConnectionLimits(
+            allowed_addresses=resolve_hosts(self.allowed_hosts) if self.allowed_hosts
+            else None,
+            max_associations=self.max_associations,
+            max_pending=self.max_pending_connections,
+            request_timeout_s=self.association_request_timeout_s,
+            network_timeout_s=self.network_timeout_s, max_pdu_size=self.max_pdu_size,
+            max_message_bytes=self.max_message_bytes,
+            max_message_fragments=self.max_message_fragments, tls=tls_context(self))
 
 
 def tls_context(config: ScpConfig) -> ssl.SSLContext | None:
@@ -423,49 +463,39 @@ class BridgeScp:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_SOP_EXTENDED, self._on_sop_extended),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False,
-                                       evt_handlers=handlers,
-                                       ssl_context=tls_context(self.config))
+        # The connection front end (host allow-list, limits, TLS, timeouts): server.py.
+        self._server = ae.make_server((self.config.host, self.config.port),
+                                      evt_handlers=handlers, server_class=BridgeServer,
+                                      limits=self.config.limits(), logger=self.log)
+        self._server.serve_in_thread()
         self.port = self._server.server_address[1]
         return self.port
 
     def stop(self) -> None:
+        """Stop accepting, abort the associations, close the pending connections."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
 
     # --- association ---------------------------------------------------------------
 
-    @staticmethod
-    def _on_conn_open(event: evt.Event) -> None:
-        """Disable Nagle: a C-FIND answer is a command PDU then a dataset PDU, and Nagle
-        plus the peer's delayed ACK would hold every second small write for ~40 ms."""
-        sock = getattr(event.assoc.dul.socket, "socket", None)
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # not TCP (or already closed): nothing to tune
-
     def _on_requested(self, event: evt.Event) -> None:
-        """Refuse peers outside the allow-lists before any negotiation."""
+        """Refuse calling AE titles outside the allow-list before any negotiation (PS3.8
+        9.3.4: rejected-permanent, service-user, calling-AE-title-not-recognized). Hosts
+        outside ``allowed_hosts`` never get this far: server.py closes them at accept."""
         cfg = self.config
         calling = event.assoc.requestor.primitive.calling_ae_title.strip()
         host = event.assoc.requestor.address
-        allowed_ae = not cfg.allowed_calling_ae_titles or \
-            calling in cfg.allowed_calling_ae_titles
-        allowed_host = not cfg.allowed_hosts or host in cfg.allowed_hosts
-        if allowed_ae and allowed_host:
+        if not cfg.allowed_calling_ae_titles or calling in cfg.allowed_calling_ae_titles:
             return
         with self._lock:
             self.rejected += 1
-        self.log.warning("rejected association from %s@%s: %s not in the allow-list",
-                         calling, host, "calling AE title" if not allowed_ae else "host")
+        self.log.warning("rejected association from %s@%s: calling AE title not in the "
+                         "allow-list", calling, host)
         event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
         # As pynetdicom's own rejections do: wait until the DUL has sent the A-ASSOCIATE-RJ
         # and closed the transport, or the socket is shut before the reject leaves.

@@ -153,6 +153,8 @@ def test_device_status_marks_stale_and_lost_streams(graph):
     (["-p", "move_destinations:=[nonsense]"], "move_destinations"),
     (["-p", "allowed_calling_ae_titles:=['']"], "allowed_calling_ae_titles"),
     (["-p", "allowed_hosts:=[' ']"], "allowed_hosts"),
+    (["-p", "allowed_hosts:=['no-such-host.invalid']"], "allowed_hosts"),  # resolved at start
+    (["-p", "max_message_bytes:=4096"], "max_message_bytes"),  # < max_identifier_bytes
     (["-p", "max_associations:=0"], "max_associations"),
     (["-p", "tls_cert:=/nonexistent.pem", "-p", "tls_key:=/nonexistent.pem"], "tls_cert"),
 ])
