@@ -439,7 +439,11 @@ class BridgeScp:
     def _make_ae(self) -> AE:
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
-        ae.maximum_associations = cfg.max_associations
+        # BridgeServer enforces max_associations exactly, counting an association until it
+        # is released or aborted. pynetdicom's own check counts association *threads* still
+        # closing their transport, so a requestor that released and associated again at
+        # once was rejected by it; it must never be the one that decides.
+        ae.maximum_associations = cfg.max_associations + cfg.max_pending_connections + 64
         ae.acse_timeout = cfg.acse_timeout_s
         ae.dimse_timeout = cfg.dimse_timeout_s
         ae.network_timeout = cfg.network_timeout_s
@@ -553,7 +557,10 @@ class BridgeScp:
         try:
             query, combined = self._parse(event, FIND_ROOTS)
             model = self.store.snapshot()
-            answers = q.find(model.records(query.level), query, combined_datetime=combined)
+            # Only the records that can hold the query's unique key (a superset of the
+            # matches): an IMAGE query for one instance does not walk the whole archive.
+            answers = q.find(model.records(query.level, query), query,
+                             combined_datetime=combined)
             count = 0
             for answer in answers:
                 if count and count % _CANCEL_POLL_EVERY == 0:

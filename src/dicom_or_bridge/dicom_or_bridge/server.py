@@ -356,26 +356,28 @@ class ConnectionLimits:
 
 
 class _Slots:
-    """A counter with a hard maximum: try_acquire() never blocks, the count never passes
-    ``limit``; ``peak`` is the highest count seen."""
+    """A counter with a hard maximum: the count never passes ``limit``; try_acquire()
+    waits at most ``timeout_s`` (0: not at all) for a slot; ``peak`` is the highest count
+    seen."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
         self.peak = 0
-        self._lock = threading.Lock()
+        self._free = threading.Condition()
 
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self.in_use >= self.limit:
+    def try_acquire(self, timeout_s: float = 0.0) -> bool:
+        with self._free:
+            if not self._free.wait_for(lambda: self.in_use < self.limit, timeout_s):
                 return False
             self.in_use += 1
             self.peak = max(self.peak, self.in_use)
             return True
 
     def release(self) -> None:
-        with self._lock:
+        with self._free:
             self.in_use -= 1
+            self._free.notify()
 
 
 class _RateLimitedLog:
@@ -493,7 +495,10 @@ class BridgeRequestHandler(RequestHandler):
                                     "A-ASSOCIATE-RQ: %s", peer, exc)
             return self._finish(raw, sock)
 
-        if not server.associations.try_acquire():
+        # A requestor that has just released and associates again may arrive a moment
+        # before its old association's thread has marked the release: give the slot that
+        # moment rather than reject it (the flood path never waits).
+        if not server.associations.try_acquire(SLOT_WAIT_S):
             server.count("rejected_limit")
             server.rate_log.warning("limit", "rejected association from %s: %d associations "
                                     "(max_associations)", peer, limits.max_associations)
@@ -504,6 +509,15 @@ class BridgeRequestHandler(RequestHandler):
             return self._finish(raw, sock)
 
         assoc = None
+        released = threading.Lock()
+
+        def free_slot(_event: object = None) -> None:
+            # Once: the association is over when it is released or aborted, not when its
+            # thread has finished closing the transport, so a requestor that releases and
+            # associates again at once finds its slot free.
+            if released.acquire(blocking=False):
+                server.associations.release()
+
         try:
             sock.settimeout(limits.network_timeout_s)
             self.request = sock
@@ -511,19 +525,27 @@ class BridgeRequestHandler(RequestHandler):
                              limits.max_message_fragments)
             assoc = adopt_connection(self, request, guard,
                                      lambda exc: server.on_limit(peer, exc))
+            for event in (evt.EVT_RELEASED, evt.EVT_ABORTED):
+                assoc.bind(event, free_slot)
             server.register_association(raw, assoc)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
             assoc.join()
         finally:
             server.unregister(raw)
-            server.associations.release()
+            free_slot()
             if assoc is None:
                 _close(sock)
 
     def _finish(self, raw: socket.socket, sock: socket.socket) -> None:
         self.server.unregister(raw)
         _close(sock)
+
+
+# Connections waiting for their A-ASSOCIATE-RQ beyond which a full server rejects at accept.
+FLOOD_PENDING = 8
+# How long an association request waits for a slot being freed before it is rejected.
+SLOT_WAIT_S = 0.25
 
 
 class _SharedContexts(list):
@@ -564,6 +586,7 @@ class BridgeServer(ThreadedAssociationServer):
         self._connections: dict[socket.socket, Association | socket.socket | None] = {}
         self._thread: threading.Thread | None = None
         self._lingering: dict[socket.socket, float] = {}  # serving thread only
+        self._awaiting: dict[socket.socket, float] = {}   # rejected, awaiting their RQ
         kwargs.setdefault("request_handler", BridgeRequestHandler)
         # TLS is the handler's job (rule 3), never accept's: limits.tls, not ssl_context.
         super().__init__(ae, address, ae_title, _SharedContexts(contexts), None, **kwargs)
@@ -594,7 +617,11 @@ class BridgeServer(ThreadedAssociationServer):
                                   "allowed_hosts", peer)
             return False
         full = self.associations.in_use >= self.limits.max_associations
-        if full and self.limits.tls is None:
+        # Under a flood (many connections still waiting for their request) a full server
+        # rejects from this thread; otherwise the connection's own thread reads the
+        # A-ASSOCIATE-RQ first and rejects it in order, as a requestor expects.
+        flooded = self.pending.in_use >= FLOOD_PENDING
+        if full and flooded and self.limits.tls is None:
             # Every association slot is taken now: answer at once, from this thread, and
             # spend no thread on it. (It may be answered before its A-ASSOCIATE-RQ
             # arrived; requestors send it right after connecting and read the reply
@@ -622,38 +649,64 @@ class BridgeServer(ThreadedAssociationServer):
         return True
 
     def shutdown_request(self, request: object) -> None:
-        if request in self._lingering:
+        if request in self._lingering or request in self._awaiting:
             return  # closed by service_actions() once the peer has read the reject
         super().shutdown_request(request)
 
     def _reject_at_once(self, sock: socket.socket) -> None:
-        """A-ASSOCIATE-RJ rejected-transient local-limit-exceeded, sent without a thread
-        (10 bytes fit any fresh socket's send buffer, so this never blocks). The socket
-        then lingers until the peer closes it or LINGER_S passed, what it sends read and
-        dropped by service_actions(): closing it with unread data (its A-ASSOCIATE-RQ)
-        would reset the connection, and a reset can discard the reject before the peer
-        reads it. At most MAX_LINGERING sockets linger; beyond, the oldest is closed."""
+        """A-ASSOCIATE-RJ rejected-transient local-limit-exceeded, without a thread: the
+        socket waits (non-blocking, polled by service_actions()) for the first bytes of its
+        A-ASSOCIATE-RQ, then gets the reject. Answering before the request arrived made a
+        requestor whose state machine had not sent it yet see an unexpected PDU and abort
+        instead of reading a reject (PS3.8 9.2: the RJ answers the RQ). After the reject the
+        socket lingers until the peer closes it or LINGER_S passed, what it sends read and
+        dropped: closing it with unread data would reset the connection, and a reset can
+        discard the reject before the peer reads it. At most MAX_LINGERING sockets wait or
+        linger; beyond, the oldest is closed."""
         try:
             sock.setblocking(False)
-            sock.send(a_associate_rj(*REJECT_LOCAL_LIMIT))
+        except OSError:
+            sock.close()
+            return
+        self._awaiting[sock] = time.monotonic() + self.LINGER_S
+        while len(self._awaiting) + len(self._lingering) > self.MAX_LINGERING:
+            queue = self._awaiting if self._awaiting else self._lingering
+            oldest = next(iter(queue))
+            del queue[oldest]
+            oldest.close()
+
+    def _send_reject(self, sock: socket.socket) -> None:
+        try:
+            sock.send(a_associate_rj(*REJECT_LOCAL_LIMIT))  # 10 bytes: never blocks
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()
             return
         self._lingering[sock] = time.monotonic() + self.LINGER_S
-        while len(self._lingering) > self.MAX_LINGERING:
-            oldest = next(iter(self._lingering))
-            del self._lingering[oldest]
-            oldest.close()
 
     LINGER_S = 2.0
     MAX_LINGERING = 1024
 
     def service_actions(self) -> None:
-        """After every accept and every poll interval (the serving thread): drain and
+        """After every accept and every poll interval (the serving thread): reject the
+        waiting sockets whose request has arrived (or whose wait ran out), and drain and
         close the lingering rejected sockets that are done."""
         super().service_actions()
         now = time.monotonic()
+        for sock, deadline in list(self._awaiting.items()):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                if now < deadline:
+                    continue  # no request yet
+                data = b"late"  # waited long enough: reject anyway
+            except OSError:
+                data = b""
+            del self._awaiting[sock]
+            if data:
+                self._send_reject(sock)
+            else:
+                sock.close()  # the peer left without asking
         for sock, deadline in list(self._lingering.items()):
             try:
                 while True:
@@ -694,7 +747,7 @@ class BridgeServer(ThreadedAssociationServer):
             self._connections.pop(raw, None)
 
     def serve_in_thread(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="BridgeServer", daemon=True)
         self._thread.start()
 
@@ -706,9 +759,10 @@ class BridgeServer(ThreadedAssociationServer):
             socketserver.BaseServer.shutdown(self)
             self._thread.join(timeout=5)
         self.server_close()
-        for sock in list(self._lingering):
-            sock.close()
-        self._lingering.clear()
+        for waiting in (self._awaiting, self._lingering):
+            for sock in list(waiting):
+                sock.close()
+            waiting.clear()
         with self._lock:
             held = list(self._connections.items())
         for raw, what in held:
