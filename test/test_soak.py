@@ -1,5 +1,5 @@
 """The soak benchmark's CI-sized run: the full OR graph for a few minutes (4 tools at 1 kHz,
-12-lead ECG, hemodynamic, VGA video), then what a user checks: nothing the recorder took is
+12-lead ECG, hemodynamic, QVGA video), then what a user checks: nothing the recorder took is
 lost, every instance valid, nothing left unfinalised. ``DICOM_OR_SOAK_MIN`` sets the length
 (default 5 minutes); ``bench/soak.py`` is the same run at 1080p for an hour."""
 
@@ -22,8 +22,10 @@ def test_soak_records_every_stream_without_loss(tmp_path):
     require("dciodvfy")
     figures = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", MINUTES, "--width", "640", "--height", "480",
-         "--output", str(tmp_path), "--json", str(figures)],
+        # QVGA at 15 fps: the encoder keeps a wide margin on a busy 2-core CI machine, so a
+        # dropped frame here is a defect, not load (bench/soak.py runs 1080p30).
+        [sys.executable, str(SOAK), "--minutes", MINUTES, "--width", "320", "--height", "240",
+         "--fps", "15", "--output", str(tmp_path), "--json", str(figures)],
         capture_output=True, text=True, timeout=float(MINUTES) * 60 + 600)
     print(run.stdout[-3000:])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
