@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from builtin_interfaces.msg import Time
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 
@@ -221,6 +222,7 @@ class StreamPublisher:
         self.series_number = 0
         self.sequence = 0
         self.samples_published = 0
+        self.publish_failures = 0  # samples DDS would not take (counted, never fatal)
         self.state = STARTING
         self.message = "waiting for the session context" \
             if session.session is None else "starting"
@@ -309,6 +311,10 @@ class StreamPublisher:
                                 self._series_start_ns)
             msg = build(stamp)
             if not self._safe_publish(self.publisher, msg):
+                if not self._closed:
+                    # Taken but not delivered: its sequence number is used, so every
+                    # receiver counts it as a lost message instead of never knowing.
+                    self.sequence += 1
                 return None
             self.sequence += 1
             self.samples_published += 1
@@ -367,11 +373,24 @@ class StreamPublisher:
         self._safe_publish(self._status.publisher, msg)
 
     def _safe_publish(self, publisher: Any, msg: Any) -> bool:
-        """Publish unless the context is gone: rclpy's signal handler shuts the context down
-        before the node's close() runs, and a device thread may be mid-sample then."""
+        """Publish unless the context is gone (rclpy's signal handler shuts the context
+        down before the node's close() runs, and a device thread may be mid-sample then).
+        A sample DDS refuses while the context is up ("cannot publish data": a RELIABLE
+        writer whose history stayed full of unacknowledged samples past its blocking time,
+        on a starved machine) is dropped and counted; the device goes on. It once ended a
+        tracker's simulation for good, an hour of poses lost to one overloaded second."""
         try:
             publisher.publish(msg)
             return True
+        except RCLError as exc:
+            if not self._node.context.ok():
+                self._closed = True
+                return False
+            self.publish_failures += 1
+            self._node.get_logger().warning(
+                f"{self.topic}: sample dropped, DDS refused it ({self.publish_failures} so "
+                f"far): {exc}".splitlines()[0], throttle_duration_sec=5.0)
+            return False
         except Exception:
             if self._node.context.ok():
                 raise

@@ -18,8 +18,10 @@ import re
 import sys
 import threading
 import time
+from typing import Any
 
 from geometry_msgs.msg import PoseStamped
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
@@ -153,7 +155,7 @@ class TrackerDriver(Node):
             stamped.header.stamp = sample.context.acquisition_time
             stamped.header.frame_id = self.frame_id
             stamped.pose = sample.pose
-            self.pose_publishers[pose.tool_id].publish(stamped)
+            self._publish_view(self.pose_publishers[pose.tool_id], stamped)
 
     def _publish_markers(self, acquisition_ns: int) -> None:
         markers = MarkerArray()
@@ -180,7 +182,17 @@ class TrackerDriver(Node):
             marker.text = name
             markers.markers.append(marker)
         if markers.markers:
-            self.marker_publisher.publish(markers)
+            self._publish_view(self.marker_publisher, markers)
+
+    def _publish_view(self, publisher: Any, msg: Any) -> None:
+        """The rviz2 views (measured_cp, markers): a sample DDS refuses on a starved machine
+        is dropped, never the end of the device loop (the recorded stream goes on)."""
+        try:
+            publisher.publish(msg)
+        except RCLError as exc:
+            if self.context.ok():
+                self.get_logger().warning(f"view sample dropped: {exc}".splitlines()[0],
+                                          throttle_duration_sec=5.0)
 
     # --- sources -----------------------------------------------------------------------------
 

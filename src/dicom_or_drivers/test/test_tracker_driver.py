@@ -18,6 +18,7 @@ from driver_harness import (
     run_bad_parameter,
 )
 from geometry_msgs.msg import PoseStamped
+from rclpy._rclpy_pybind11 import RCLError
 from visualization_msgs.msg import MarkerArray
 
 from dicom_or_core.context import KIND_POSE
@@ -213,3 +214,46 @@ def test_bad_parameter_exits_1_naming_it(args: list[str], name: str) -> None:
     assert result.returncode == 1, result.stderr
     assert name in result.stderr and "invalid configuration" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+class _RefusingPublisher:
+    """The stream's publisher, made to refuse its first ``refusals`` samples the way Fast DDS
+    does on a starved machine ("cannot publish data")."""
+
+    def __init__(self, inner, refusals: int) -> None:
+        self.inner, self.refusals = inner, refusals
+
+    def publish(self, msg) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RCLError("Failed to publish: cannot publish data")
+        self.inner.publish(msg)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_sample_dds_refuses_is_counted_and_the_tracker_goes_on() -> None:
+    """One refused publish once ended the simulation for good (an hour-long soak recorded
+    11 s of poses); now it is a counted gap in the sequence and the poses keep coming."""
+    with ros_context() as context:
+        probe = Probe(context)
+        probe.follow(POSES, PoseSample, named_qos("pose"))
+        driver = TrackerDriver(context=context, namespace="/or", parameter_overrides=params(
+            tools=["pointer:instrument"], rate_hz=100.0))
+        probe.executor.add_node(driver)
+        try:
+            assert probe.spin_until(
+                lambda: driver.stream.publisher.get_subscription_count() >= 1, 10)
+            driver.stream.publisher = _RefusingPublisher(driver.stream.publisher, 5)
+            probe.publish_session(make_session())
+            assert probe.spin_until(lambda: len(probe.samples[POSES]) >= 100, 20)
+            assert driver.stream.publish_failures == 5
+            sequences = [s.context.sequence for s in probe.samples[POSES]]
+            assert sequences[0] == 5  # the refused ones left their gap
+            assert sequences == list(range(5, 5 + len(sequences)))
+            assert DeviceStatus.STATE_SOURCE_LOST not in probe.states(POSES)
+        finally:
+            driver.close()
+            driver.destroy_node()
+            probe.close()
