@@ -139,3 +139,13 @@ def console_script(name: str) -> str:
     from ament_index_python.packages import get_package_prefix
 
     return str(Path(get_package_prefix("dicom_or_bridge")) / "lib" / "dicom_or_bridge" / name)
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 / localhost (the TLS tests' peer)."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -42,7 +42,13 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bridge_fixtures import ECG_SERIES, PATIENT_ID, STUDY, VIDEO_SERIES  # noqa: E402
+from bridge_fixtures import (  # noqa: E402
+    ECG_SERIES,
+    PATIENT_ID,
+    STUDY,
+    VIDEO_SERIES,
+    self_signed_cert,
+)
 
 DEFAULT_CASES = 40           # per family and TLS mode: ~400 cases in make test
 BATCH = 10                   # cases between two health probes
@@ -154,16 +160,6 @@ class ChildScp:
         return found
 
 
-def make_cert(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1/localhost (as test_scp's TLS tests make)."""
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @contextlib.contextmanager
 def child_scp(folder: Path, tls: bool, **config: object) -> Iterator[ChildScp]:
     """Start the SCP in a child process; stop it (and check it did not crash) on exit."""
@@ -173,7 +169,7 @@ def child_scp(folder: Path, tls: bool, **config: object) -> Iterator[ChildScp]:
                  "move_destinations": {"STORE_SCP": ["127.0.0.1", 1]}, **config}
     client = None
     if tls:
-        cert, key = make_cert(folder)
+        cert, key = self_signed_cert(folder)
         cfg.update(tls_cert=str(cert), tls_key=str(key))
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
     log_path = folder / f"scp-{'tls' if tls else 'tcp'}.log"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from bridge_fixtures import (
     STUDY,
     VIDEO_SERIES,
     running_scp,
+    self_signed_cert,
     write_instance,
 )
 from pydicom import dcmread
@@ -273,17 +273,8 @@ def test_calling_ae_and_host_allow_lists(caplog):
         assert not bad.is_established
 
 
-def _make_cert(tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 def test_tls(tmp_path):
-    cert, key = _make_cert(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     with running_scp(tls_cert=str(cert), tls_key=str(key)) as scp:
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
         assert echo_ok(scp.port, tls_args=(client, "localhost"))

@@ -11,13 +11,12 @@ import logging
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from bridge_fixtures import STUDY, running_scp
+from bridge_fixtures import STUDY, running_scp, self_signed_cert
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
@@ -169,22 +168,13 @@ def watching(text: str, logger: str = "test.scp"):
         logging.getLogger(logger).removeHandler(watch)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 # --- 1. TLS handshake off the accept loop ------------------------------------------------
 
 
 def test_idle_tcp_connection_does_not_keep_tls_clients_out(tmp_path):
     """Regression: pynetdicom did the TLS handshake in its accept loop without a timeout,
     so one idle TCP connection kept every TLS client out while it stayed open."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
     with running_scp(tls_cert=str(cert), tls_key=str(key),
                      association_request_timeout_s=3.0) as scp, \

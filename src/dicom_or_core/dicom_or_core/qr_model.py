@@ -37,7 +37,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from dicom_or_core import context as ctx
 from dicom_or_core.ros2_uri import Ros2Uri, format_uri
-from dicom_or_core.spool import PARTIAL_SUFFIX, SPOOL_DIR
+from dicom_or_core.spool import INSTANCE_SUFFIX, PARTIAL_SUFFIX, SPOOL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ SERIES_LIVE_KEYWORDS = ("Rows", "Columns", "RecommendedDisplayFrameRate", "CineR
 _BULK_GROUPS = (0x7FE0, 0x5400)
 # The recorder's instance files: <root>/<Study>/<Series>/<SOP>.dcm (spool.Spool.instance_path;
 # spool.py has no module-level constant for the suffix, hence this one).
-INSTANCE_SUFFIX = ".dcm"
 
 
 @dataclass(frozen=True)
