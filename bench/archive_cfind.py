@@ -40,21 +40,21 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from dicom_or_test_common.examples import example_descriptor, example_session, synthetic_waveform
+from dicom_or_test_common.peers import Orthanc
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 
 from dicom_or_bridge.scp import BridgeScp, ScpConfig
-from dicom_or_core.iod.examples import example_descriptor, example_session, synthetic_waveform
+from dicom_or_core.archive.spool import Spool
+from dicom_or_core.iod.codec import choose_codec
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_video
 from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.peers import Orthanc
-from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore, read_instance
-from dicom_or_core.spool import Spool
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import choose_codec
+from dicom_or_core.model.uid import new_uid
+from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore, read_instance
 
 FIND = sc.StudyRootQueryRetrieveInformationModelFind
 T0 = 1_795_000_000 * 1_000_000_000   # session clock of the recorded data (ns)
@@ -237,7 +237,7 @@ def main() -> int:
     repeats = 10 if args.quick else 50
     counts = (0, 100, 500) if args.quick else (0, 100, 2000)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
-    logging.getLogger("dicom_or_core.qr_model").setLevel(logging.ERROR)
+    logging.getLogger("dicom_or_core.archive.index").setLevel(logging.ERROR)
     # A Frame Time Vector over 64 KiB cannot have VR DS in Explicit VR (2-byte length);
     # pydicom writes it as UN and warns once per file.
     warnings.filterwarnings("ignore", message="The value for the data element")

@@ -28,6 +28,7 @@ import urllib.request
 from io import BytesIO
 from pathlib import Path
 
+from dicom_or_test_common.peers import Orthanc
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -35,9 +36,8 @@ from pynetdicom import AE
 from pynetdicom import sop_class as sc
 
 from dicom_or_bridge.scp import BridgeScp, ScpConfig
-from dicom_or_core import context as ctx
-from dicom_or_core.peers import Orthanc
-from dicom_or_core.qr_model import LiveStream, ModelStore
+from dicom_or_core.model import context as ctx
+from dicom_or_core.qr.model import LiveStream, ModelStore
 
 FIND = sc.StudyRootQueryRetrieveInformationModelFind
 STUDY = "1.2.826.0.1.3680043.8.498.777"

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dicom_or_test_common.examples import example_descriptor
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     MPEG4HP41,
@@ -40,11 +41,10 @@ from pydicom.uid import (
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom import sop_class as sc
 
-from dicom_or_core.iod.examples import example_descriptor
+from dicom_or_core.iod.codec import choose_codec
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_video
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import choose_codec
+from dicom_or_core.model.uid import new_uid
 
 GET = sc.StudyRootQueryRetrieveInformationModelGet
 MOVE = sc.StudyRootQueryRetrieveInformationModelMove
@@ -129,7 +129,7 @@ def serve(archive: str, move_port: int) -> None:
     """The bridge SCP over ``archive`` in this process: prints its port, then its peak
     RSS (VmHWM, kB) when stdin closes."""
     from dicom_or_bridge.scp import BridgeScp, ScpConfig
-    from dicom_or_core.qr_model import ArchiveIndex, ModelStore
+    from dicom_or_core.qr.model import ArchiveIndex, ModelStore
 
     store = ModelStore(ArchiveIndex(archive), retrieve_ae_title="DICOM_OR",
                        archive_rescan_s=0.0)

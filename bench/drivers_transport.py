@@ -147,7 +147,7 @@ class Subscriber:
 
 def run_driver(context, name: str, args: list[str], msg_type, topic: str, qos,
                seconds: float, on_sample, result: Result) -> Result:
-    from dicom_or_ros.testing import isolated_env
+    from dicom_or_test_common.ros import isolated_env
 
     command = [executable(name), "--ros-args", "-r", "__ns:=/or",
                "-p", "require_session_context:=false", "-p", "status_period_s:=1.0"]
@@ -182,7 +182,7 @@ def run_driver(context, name: str, args: list[str], msg_type, topic: str, qos,
 
 def bench_video(context, width: int, height: int, fps: int, reliability: str,
                 seconds: float) -> Result:
-    from dicom_or_core.synthetic_video import decode_band
+    from dicom_or_core.sim.video import decode_band
     from dicom_or_msgs.msg import ImageFrame
     from dicom_or_ros.convert import time_to_ns
     from dicom_or_ros.qos import named_qos
@@ -267,7 +267,7 @@ def bench_waveform(context, chunk_ms: int, seconds: float) -> Result:
 
 def tcp_sender(port: int, width: int, height: int, fps: float, seconds: float) -> None:
     """Child process: send pattern frames (16-byte header: send ns, size) at ``fps``."""
-    from dicom_or_core.synthetic_video import PatternSource
+    from dicom_or_core.sim.video import PatternSource
     from dicom_or_drivers.pacing import Pacer
 
     pattern = PatternSource(width, height, "rgb8")
@@ -286,7 +286,7 @@ def tcp_sender(port: int, width: int, height: int, fps: float, seconds: float) -
 
 
 def bench_tcp(width: int, height: int, fps: int, seconds: float) -> Result:
-    from dicom_or_core.synthetic_video import decode_band
+    from dicom_or_core.sim.video import decode_band
 
     result = Result(f"reference: TCP loopback {width}x{height} @{fps}")
     server = socket.socket()
@@ -360,8 +360,9 @@ def main() -> int:
         tcp_sender(int(port), int(width), int(height), float(fps), float(seconds))
         return 0
 
+    from dicom_or_test_common.ros import ros_context
+
     from dicom_or_ros.runtime import apply_transport_defaults
-    from dicom_or_ros.testing import ros_context
 
     apply_transport_defaults()  # the same Fast DDS profile and malloc tuning as the drivers
     seconds = options.seconds or (1.5 if options.quick else 3.0)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from dicom_or_test_common.examples import example_descriptor, now_ns
 
-from dicom_or_core.iod.examples import example_descriptor, now_ns
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr, read_pose_sr
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model.uid import new_uid
 
 
 def tracks(tools: int, n: int, rate_hz: float) -> list[ToolTrack]:

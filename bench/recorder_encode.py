@@ -20,11 +20,9 @@ import sys
 import time
 
 import numpy as np
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_rgb
 
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_rgb
-from dicom_or_core.iod.video import build_video
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import (
+from dicom_or_core.iod.codec import (
     PTS_HZ,
     PacketEncoder,
     choose_codec,
@@ -32,6 +30,8 @@ from dicom_or_core.video_codec import (
     mux_mpegts,
     psnr,
 )
+from dicom_or_core.iod.video import build_video
+from dicom_or_core.model.uid import new_uid
 
 ROWS, COLUMNS, RATE = 1080, 1920, 30.0
 

@@ -39,9 +39,10 @@ def peak_rss_mib() -> float:
 
 
 def case_lossless(folder: str, frames: int, in_memory: bool) -> dict:
-    from dicom_or_core.iod.examples import example_descriptor, now_ns
+    from dicom_or_test_common.examples import example_descriptor, now_ns
+
+    from dicom_or_core.archive.spool import Spool
     from dicom_or_core.iod.video import build_multiframe_sc
-    from dicom_or_core.spool import Spool
     from dicom_or_recorder.segments import RecorderOptions, VideoRecorder
 
     d = example_descriptor("video")
@@ -67,11 +68,12 @@ def case_lossless(folder: str, frames: int, in_memory: bool) -> dict:
 
 def prepare_backlog(folder: str, gigabytes: float, instance_mb: int) -> dict:
     """Spool ``gigabytes`` of video instances of ``instance_mb`` each (state final)."""
-    from dicom_or_core.iod.examples import example_descriptor, now_ns
+    from dicom_or_test_common.examples import example_descriptor, now_ns
+
+    from dicom_or_core.archive.spool import Spool
+    from dicom_or_core.iod.codec import choose_codec
     from dicom_or_core.iod.video import build_video
-    from dicom_or_core.spool import Spool
-    from dicom_or_core.uid import new_uid
-    from dicom_or_core.video_codec import choose_codec
+    from dicom_or_core.model.uid import new_uid
 
     d = example_descriptor("video")
     choice = choose_codec(d.rows, d.columns, d.nominal_rate_hz)
@@ -85,11 +87,11 @@ def prepare_backlog(folder: str, gigabytes: float, instance_mb: int) -> dict:
 
 
 def case_backlog(folder: str, read_whole: bool) -> dict:
+    from dicom_or_test_common.peers import free_tcp_port
     from pydicom import dcmread
 
-    from dicom_or_core.peers import free_tcp_port
-    from dicom_or_core.spool import FINAL, Spool
-    from dicom_or_core.storage_scu import PacsConfig, StorageSender
+    from dicom_or_core.archive.spool import FINAL, Spool
+    from dicom_or_core.scu.storage import PacsConfig, StorageSender
 
     spool = Spool(folder)
     if read_whole:  # the reference: one instance decoded whole, as sending used to

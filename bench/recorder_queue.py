@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pydicom
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_rgb
 
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_rgb
-from dicom_or_core.spool import Spool
+from dicom_or_core.archive.spool import Spool
 from dicom_or_recorder.segments import RecorderOptions, VideoRecorder
 from dicom_or_recorder.video_queue import VideoEncoderQueue
 

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_waveform
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id
 
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_waveform
+from dicom_or_core.archive.spool import Spool
 from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.spool import Spool
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model.uid import new_uid
 from dicom_or_recorder.segments import RecorderOptions, WaveformRecorder
-from dicom_or_ros.testing import isolated_env, reserved_domain_id
 
 
 def prepare(folder: Path, instances: int, journals: int) -> None:

@@ -18,22 +18,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from dicom_or_core.iod.examples import (
+from dicom_or_test_common.examples import (
     example_descriptor,
     example_session,
     now_ns,
     synthetic_rgb,
     synthetic_waveform,
 )
+from dicom_or_test_common.peers import Orthanc, have, run_tool
+
+from dicom_or_core.archive.spool import STORED, Spool
+from dicom_or_core.iod.codec import PTS_HZ, PacketEncoder, choose_codec, mux_mpegts
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_video
 from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.peers import Orthanc, have, run_tool
-from dicom_or_core.spool import STORED, Spool
-from dicom_or_core.storage_scu import PacsConfig, StorageSender
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import PTS_HZ, PacketEncoder, choose_codec, mux_mpegts
+from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu.storage import PacsConfig, StorageSender
 
 # dcmtk's storescu (the venv also has pynetdicom's app of the same name on PATH).
 DCMTK_STORESCU = "/usr/bin/storescu"

@@ -33,12 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+from dicom_or_test_common.peers import dciodvfy, free_tcp_port, have
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-
-from dicom_or_core.peers import dciodvfy, free_tcp_port, have
-from dicom_or_ros.testing import isolated_env, reserved_domain_id
 
 RSS_PERIOD_S = 30.0
 WARMUP_S = 120.0

@@ -3,8 +3,7 @@
 import shutil
 
 import pytest
-
-from dicom_or_ros.testing import isolated_env, reserved_domain_id
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-
-from dicom_or_core.peers import run_tool
+from dicom_or_test_common.peers import run_tool
 
 # Small frames keep the 2-core CI quick; the path through every node is the demo's.
 SMALL_VIDEO = ["video_width:=640", "video_height:=480", "video_fps:=15.0"]

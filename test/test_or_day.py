@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pydicom
 from conftest import require
+from dicom_or_test_common.peers import dciodvfy, free_tcp_port
 from graph_support import SMALL_VIDEO, children_of, find_series, start_graph, stop
-
-from dicom_or_core.peers import dciodvfy, free_tcp_port
 
 CASE_S = float(os.environ.get("DICOM_OR_CASE_S", "90"))
 LIVE_MODALITIES = {"ES", "ECG", "HD", "SR"}

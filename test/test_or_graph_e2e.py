@@ -12,9 +12,8 @@ import time
 import pydicom
 import pytest
 from conftest import require
+from dicom_or_test_common.peers import dciodvfy, free_tcp_port
 from graph_support import alive, children_of, find_series, start_graph, stop
-
-from dicom_or_core.peers import dciodvfy, free_tcp_port
 
 VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"

@@ -3,11 +3,11 @@
 Wiring only: every ``discovery_period_s`` the node lists the graph's stream topics
 (:func:`dicom_or_ros.graph.discover_streams`), subscribes to each one's latched descriptor,
 follows ``/or/device_status``, and hands the set of live streams to the ROS-free
-:class:`~dicom_or_core.qr_model.ModelStore`; the pynetdicom server
+:class:`~dicom_or_core.qr.model.ModelStore`; the pynetdicom server
 (:class:`~dicom_or_bridge.scp.BridgeScp`) answers C-FIND / C-GET / C-MOVE from the store's
 snapshot in its own threads. A stream is listed once its sample topic has a publisher *and*
 its descriptor arrived; it goes when the publisher goes (next discovery tick). STALE and
-SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr_model`).
+SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr.model`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from std_msgs.msg import UInt16
 from dicom_or_bridge.ros_access import reader_qos
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
 from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
-from dicom_or_core import vr
-from dicom_or_core.context import KIND_VIDEO, StreamDescriptor
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
+from dicom_or_core.model import vr
+from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore
 from dicom_or_msgs.msg import DeviceStatus, ImageFrame
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import from_msg

@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.ros2_uri import Ros2Uri, parse
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.ros2_uri import Ros2Uri, parse
 
 FIND = sc.StudyRootQueryRetrieveInformationModelFind
 SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",

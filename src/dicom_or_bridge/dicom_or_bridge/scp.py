@@ -54,9 +54,9 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import split_dataset
 
 from dicom_or_bridge.server import BridgeServer, ConnectionLimits, resolve_hosts
-from dicom_or_core import query as q
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.qr_model import ModelStore
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.qr import query as q
+from dicom_or_core.qr.model import ModelStore
 
 log = logging.getLogger("dicom_or_bridge.scp")
 
@@ -114,7 +114,7 @@ def _let_peer_speak(event: evt.Event, timeout_s: float) -> None:
 # decides what a C-GET requestor that offers several syntaxes in one context gets.
 #
 # The archive holds what the recorder writes: video instances in the MPEG transfer syntax
-# its encoder chose (PS3.5 8.2.5-8.2.10; dicom_or_core.video_codec), which cannot be
+# its encoder chose (PS3.5 8.2.5-8.2.10; dicom_or_core.iod.codec), which cannot be
 # transcoded; everything else (waveforms, SR, snapshots) in Explicit VR Little Endian.
 # Preferring exactly those lets the instance go out byte for byte, straight from its file.
 

@@ -66,7 +66,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 log = logging.getLogger("dicom_or_bridge.server")
 

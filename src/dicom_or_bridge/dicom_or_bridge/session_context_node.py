@@ -2,7 +2,7 @@
 
 Sources (parameter ``source``):
 
-* ``worklist``: a Modality Worklist C-FIND (:mod:`dicom_or_core.worklist`) to the SCP at
+* ``worklist``: a Modality Worklist C-FIND (:mod:`dicom_or_core.scu.worklist`) to the SCP at
   ``worklist_host:worklist_port`` (AE ``worklist_ae_title``), selecting Scheduled Procedure
   Steps by ``station_ae_title`` and/or ``location`` and ``date`` (``today``, ``""`` = any
   date, ``YYYYMMDD`` or a DA range). The earliest step is published. An unreachable or
@@ -25,11 +25,11 @@ import threading
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from dicom_or_core import context as ctx
-from dicom_or_core import vr
-from dicom_or_core import worklist as wl
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model import vr
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu import worklist as wl
 from dicom_or_msgs.msg import SessionContext as SessionContextMsg
 from dicom_or_ros.convert import to_msg
 from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC

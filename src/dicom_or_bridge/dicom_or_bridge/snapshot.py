@@ -15,10 +15,10 @@ import time
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_or_core import context as ctx
-from dicom_or_core.errors import DicomOrError
 from dicom_or_core.iod.video import build_snapshot
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 

@@ -9,14 +9,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from dicom_or_test_common.peers import free_tcp_port, run_tool
+from dicom_or_test_common.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, SnapshotProvider
-from dicom_or_core import context as ctx
-from dicom_or_core.peers import free_tcp_port, run_tool
-from dicom_or_core.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
-from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
+from dicom_or_core.model import context as ctx
+from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 VIDEO_SERIES = "1.2.826.0.1.3680043.8.498.10"

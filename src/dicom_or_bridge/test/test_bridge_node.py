@@ -9,19 +9,19 @@ import time
 
 import pytest
 from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, storescp, tool, video
+from dicom_or_test_common.peers import have, run_tool
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 from rclpy.executors import SingleThreadedExecutor
 
 from dicom_or_bridge.bridge_node import DicomBridgeNode
-from dicom_or_core.peers import have, run_tool
 from dicom_or_msgs.msg import DeviceStatus, ImageFrame, WaveformChunk
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import to_msg
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context
 
 FIND = sc.StudyRootQueryRetrieveInformationModelFind
 
@@ -169,7 +169,7 @@ def test_bad_parameters_exit_1_naming_the_parameter(args, name):
 
 
 def test_shipped_parameter_file_loads_and_port_is_reported(tmp_path):
-    from dicom_or_core.paths import config_dir
+    from dicom_or_core.config.paths import config_dir
 
     with reserved_domain_id() as domain:
         child = subprocess.Popen(

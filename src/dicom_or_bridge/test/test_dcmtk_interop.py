@@ -20,12 +20,12 @@ from bridge_fixtures import (
     video,
     write_instance,
 )
+from dicom_or_test_common.peers import have, run_tool
 from pydicom import dcmread
 from pydicom.uid import MPEG4HP41
 from test_scp import write_video
 
 from dicom_or_bridge.snapshot import snapshot_dataset
-from dicom_or_core.peers import have, run_tool
 
 pytestmark = pytest.mark.skipif(not have(tool("findscu")), reason="dcmtk is not installed")
 

@@ -7,6 +7,7 @@ import threading
 
 import rclpy
 from bridge_fixtures import console_script, running_scp, video
+from dicom_or_test_common.ros import isolated_env, ros_context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
@@ -17,7 +18,6 @@ from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import to_msg
 from dicom_or_ros.graph import descriptor_topic
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, ros_context
 
 
 def test_table_lists_every_series(capsys):

@@ -80,7 +80,7 @@ def serve(config: dict) -> None:
     from bridge_fixtures import ecg, video, write_instance
 
     from dicom_or_bridge.scp import BridgeScp, ScpConfig
-    from dicom_or_core.qr_model import ArchiveIndex, LiveStream, ModelStore
+    from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

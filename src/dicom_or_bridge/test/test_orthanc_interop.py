@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from bridge_fixtures import STUDY, VIDEO_SERIES, running_scp, write_instance
-
-from dicom_or_core.peers import ORTHANC_BINARY, Orthanc, free_tcp_port
+from dicom_or_test_common.peers import ORTHANC_BINARY, Orthanc, free_tcp_port
 
 pytestmark = pytest.mark.skipif(not Path(ORTHANC_BINARY).is_file(),
                                 reason="Orthanc is not installed")

@@ -27,7 +27,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
-from dicom_or_core.ros2_uri import parse
+from dicom_or_core.model.ros2_uri import parse
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
               pytest.mark.filterwarnings("ignore::UserWarning:pydicom")]

@@ -23,8 +23,8 @@ from pynetdicom import sop_class as sc
 
 from dicom_or_bridge import server as srv
 from dicom_or_bridge.scp import BridgeScp, ScpConfig
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.qr_model import ModelStore
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.qr.model import ModelStore
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
               pytest.mark.filterwarnings("ignore::UserWarning:pydicom")]

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import rclpy
 from bridge_fixtures import console_script
+from dicom_or_test_common.peers import free_tcp_port
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context, spin_until
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
 from dicom_or_bridge.session_context_node import SessionContextNode
-from dicom_or_core.paths import config_dir
-from dicom_or_core.peers import free_tcp_port
+from dicom_or_core.config.paths import config_dir
 from dicom_or_msgs.msg import SessionContext
 from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context, spin_until
 
 SOURCE_CONFIG = Path(__file__).resolve().parents[3] / "config"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bridge_fixtures import VIDEO_SERIES, video
+from dicom_or_test_common.peers import dciodvfy, have
 from pydicom import dcmread
 
 from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.peers import dciodvfy, have
+from dicom_or_core.model.errors import DicomOrError
 
 
 def test_rgb_bgr_mono_and_row_padding():

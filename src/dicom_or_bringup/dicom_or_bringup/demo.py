@@ -32,9 +32,9 @@ from dicom_or_bringup.launcher import (
     parse_launch_arguments,
     wait,
 )
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.paths import config_dir
-from dicom_or_core.peers import dciodvfy, free_tcp_port, have, run_tool
+from dicom_or_bringup.peer_tools import dciodvfy, free_tcp_port, have, run_tool
+from dicom_or_core.config.paths import config_dir
+from dicom_or_core.model.errors import DicomOrError
 
 WORKLIST_AE = "OR_DEMO_WL"
 

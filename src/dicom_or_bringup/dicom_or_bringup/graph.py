@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.paths import config_dir
+from dicom_or_core.config.paths import config_dir
+from dicom_or_core.model.errors import DicomOrError
 
 _VAR = re.compile(r"\$\(var ([A-Za-z_][A-Za-z0-9_]*)\)")
 _TRUE = {"true", "1", "yes", "on"}

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from dicom_or_bringup.graph import NodeSpec
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 _PR_SET_PDEATHSIG = 1
 # Exit codes of a node that stopped because we asked it to: run_node's 0, or SIGTERM's

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dicom_or_bringup import graph, launcher
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 LAUNCH_DIR = Path(__file__).resolve().parents[3] / "launch"
 LAUNCH_FILES = sorted(LAUNCH_DIR.glob("*.launch.py"))

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_or_test_common.examples import example_descriptor, example_session, synthetic_waveform
 from pydicom.dataset import Dataset
 
-from dicom_or_core import qr_model as m
-from dicom_or_core.iod.examples import example_descriptor, example_session, synthetic_waveform
+from dicom_or_core.archive import index as archive_index
+from dicom_or_core.archive.spool import SPOOL_DIR
+from dicom_or_core.iod.codec import choose_codec
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_video
 from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.spool import SPOOL_DIR
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import choose_codec
+from dicom_or_core.model.uid import new_uid
+from dicom_or_core.qr import model as m
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR",
                                         "ignore:The value for the data element")
@@ -114,7 +115,8 @@ def test_index_reads_the_header_not_the_bulk(bulky, kind):
     _, paths = bulky
     path = paths[kind]
     counter = [0]
-    inst = m.read_instance(path, open_file=lambda p: io.BufferedReader(Counting(p, counter)))
+    inst = archive_index.read_instance(
+        path, open_file=lambda p: io.BufferedReader(Counting(p, counter)))
     size = path.stat().st_size
     assert size > 300_000
     assert counter[0] < 64 * 1024, f"read {counter[0]} of {size} bytes"
@@ -128,7 +130,7 @@ def test_index_reads_the_header_not_the_bulk(bulky, kind):
 
 def test_image_records_of_bulky_instances_carry_the_query_attributes(bulky):
     root, paths = bulky
-    instances = m.ArchiveIndex(root).scan()
+    instances = archive_index.ArchiveIndex(root).scan()
     assert sorted(i.path for i in instances) == sorted(paths.values())
     model = m.build_model([], instances, retrieve_ae_title="BR")
     by_modality = {str(r.Modality): r for r in model.images}
@@ -146,7 +148,7 @@ def test_model_rebuild_reuses_image_records(tmp_path):
     """A live stream change rebuilds the model from cached IMAGE records (no header copy
     per instance), which keeps it cheap with thousands of archived instances."""
     save(tmp_path, pose_sr(5))
-    store = m.ModelStore(m.ArchiveIndex(tmp_path), archive_rescan_s=3600.0)
+    store = m.ModelStore(archive_index.ArchiveIndex(tmp_path), archive_rescan_s=3600.0)
     try:
         first = store.snapshot()
         store.set_streams([live("ecg")])
@@ -163,12 +165,13 @@ def test_model_rebuild_reuses_image_records(tmp_path):
 def test_snapshot_does_not_wait_for_a_rescan_in_progress(tmp_path):
     entered, release = threading.Event(), threading.Event()
 
-    def slow_reader(path: Path) -> m.ArchivedInstance:
+    def slow_reader(path: Path) -> archive_index.ArchivedInstance:
         entered.set()
         release.wait(WAIT_S * 3)
-        return m.read_instance(path)
+        return archive_index.read_instance(path)
 
-    store = m.ModelStore(m.ArchiveIndex(tmp_path, reader=slow_reader), archive_rescan_s=0.0)
+    store = m.ModelStore(archive_index.ArchiveIndex(tmp_path, reader=slow_reader),
+                         archive_rescan_s=0.0)
     try:
         assert store.snapshot().images == []          # first scan of an empty folder
         save(tmp_path, pose_sr(5))
@@ -197,13 +200,14 @@ def test_first_snapshot_answers_with_what_is_indexed_so_far(tmp_path):
     first, second = save(tmp_path, pose_sr(5)), save(tmp_path, pose_sr(5))
     blocked, release = threading.Event(), threading.Event()
 
-    def reader(path: Path) -> m.ArchivedInstance:
+    def reader(path: Path) -> archive_index.ArchivedInstance:
         if path == max(first, second):
             blocked.set()
             release.wait(WAIT_S * 3)
-        return m.read_instance(path)
+        return archive_index.read_instance(path)
 
-    store = m.ModelStore(m.ArchiveIndex(tmp_path, reader=reader), first_scan_wait_s=0.0)
+    store = m.ModelStore(archive_index.ArchiveIndex(tmp_path, reader=reader),
+                         first_scan_wait_s=0.0)
     try:
         assert blocked.wait(WAIT_S)
         assert list(store.snapshot().paths.values()) == [min(first, second)]
@@ -216,7 +220,7 @@ def test_first_snapshot_answers_with_what_is_indexed_so_far(tmp_path):
 
 
 def test_close_stops_the_index_thread(tmp_path):
-    store = m.ModelStore(m.ArchiveIndex(tmp_path), archive_rescan_s=0.05)
+    store = m.ModelStore(archive_index.ArchiveIndex(tmp_path), archive_rescan_s=0.05)
     threads = {t.name for t in threading.enumerate()}
     assert "archive-index" in threads
     store.close()
@@ -235,8 +239,8 @@ def test_truncated_file_is_skipped(bulky, tmp_path, kind, caplog):
     cut = tmp_path / "1.2" / "1.2.3" / "cut.dcm"
     cut.parent.mkdir(parents=True)
     cut.write_bytes(data[:len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="dicom_or_core.qr_model"):
-        assert m.ArchiveIndex(tmp_path).scan() == []
+    with caplog.at_level(logging.WARNING, logger="dicom_or_core.archive.index"):
+        assert archive_index.ArchiveIndex(tmp_path).scan() == []
     assert "truncated" in caplog.text
 
 
@@ -244,7 +248,7 @@ def test_small_file_cut_in_its_header_is_skipped(tmp_path):
     path = save(tmp_path, pose_sr(2))
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 3])
-    assert m.ArchiveIndex(tmp_path).scan() == []
+    assert archive_index.ArchiveIndex(tmp_path).scan() == []
 
 
 def test_same_sop_instance_uid_is_listed_once(tmp_path, caplog):
@@ -253,8 +257,8 @@ def test_same_sop_instance_uid_is_listed_once(tmp_path, caplog):
     shutil.copy(original, original.with_name("copy.dcm"))       # complete duplicate
     cut = original.with_name("z-partial-copy.dcm")               # newer, but cut
     cut.write_bytes(original.read_bytes()[:-100])
-    with caplog.at_level(logging.WARNING, logger="dicom_or_core.qr_model"):
-        index = m.ArchiveIndex(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dicom_or_core.archive.index"):
+        index = archive_index.ArchiveIndex(tmp_path)
         instances = index.scan()
         index.scan()
     assert [i.path for i in instances] == [original]   # the one in its layout place
@@ -269,12 +273,12 @@ def test_spool_folder_is_never_entered(tmp_path):
     inside.parent.mkdir(parents=True)
     ds.save_as(inside, enforce_file_format=True)
     (tmp_path / SPOOL_DIR / "index.sqlite").write_bytes(b"SQLite format 3\x00")
-    assert m.ArchiveIndex(tmp_path).scan() == []
+    assert archive_index.ArchiveIndex(tmp_path).scan() == []
     listed: list[Path] = []
 
-    def reader(path: Path) -> m.ArchivedInstance:
+    def reader(path: Path) -> archive_index.ArchivedInstance:
         listed.append(path)
-        return m.read_instance(path)
+        return archive_index.read_instance(path)
 
-    assert m.ArchiveIndex(tmp_path, reader=reader).scan() == []
+    assert archive_index.ArchiveIndex(tmp_path, reader=reader).scan() == []
     assert listed == []

@@ -5,8 +5,8 @@ import copy
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_or_core import context as ctx
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.errors import DicomOrError
 
 
 def valid_session() -> ctx.SessionContext:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_or_test_common.examples import example_descriptor, now_ns
+from dicom_or_test_common.peers import ORTHANC_BINARY, Orthanc, dciodvfy, have, run_tool
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod.examples import example_descriptor, now_ns
 from dicom_or_core.iod.pose import (
     COMPREHENSIVE_3D_SR,
     MAX_CHUNK,
@@ -34,8 +34,8 @@ from dicom_or_core.iod.pose import (
     read_pose_sr,
     rotvec_to_quaternion,
 )
-from dicom_or_core.peers import ORTHANC_BINARY, Orthanc, dciodvfy, have, run_tool
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 

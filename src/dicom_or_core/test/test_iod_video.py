@@ -9,10 +9,18 @@ import av
 import numpy as np
 import pydicom
 import pytest
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_rgb
+from dicom_or_test_common.peers import dciodvfy, have, run_tool
 from pydicom.encaps import generate_fragments
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_rgb
+from dicom_or_core.iod.codec import (
+    PTS_HZ,
+    PacketEncoder,
+    choose_codec,
+    decode_frames,
+    mux_mpegts,
+    psnr,
+)
 from dicom_or_core.iod.video import (
     FRAME_TIME,
     FRAME_TIME_VECTOR,
@@ -27,16 +35,8 @@ from dicom_or_core.iod.video import (
     frame_offsets_ms,
     frame_timing,
 )
-from dicom_or_core.peers import dciodvfy, have, run_tool
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import (
-    PTS_HZ,
-    PacketEncoder,
-    choose_codec,
-    decode_frames,
-    mux_mpegts,
-    psnr,
-)
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 needs_dciodvfy = pytest.mark.skipif(not have("dciodvfy"), reason="dicom3tools missing")
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_waveform
+from dicom_or_test_common.peers import dciodvfy, have, run_tool
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod import converter
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_waveform
 from dicom_or_core.iod.waveform import (
     GENERAL_ECG,
     HEMODYNAMIC,
@@ -18,8 +17,8 @@ from dicom_or_core.iod.waveform import (
     iod_for,
     read_samples,
 )
-from dicom_or_core.peers import dciodvfy, have, run_tool
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 
 def _save(tmp_path, ds, name):
@@ -113,12 +112,6 @@ def test_multichannel_respiratory_is_chosen_for_several_channels():
     d = example_descriptor("resp")
     d.channels = d.channels * 2
     assert iod_for(d) is MULTICHANNEL_RESPIRATORY
-
-
-def test_registry_dispatches_waveform():
-    assert converter("waveform") is build_waveform
-    with pytest.raises(DicomOrError, match="unknown"):
-        converter("audio")
 
 
 @pytest.mark.skipif(not have("dciodvfy"), reason="dicom3tools not installed")

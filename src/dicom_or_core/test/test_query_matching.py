@@ -5,7 +5,7 @@ import time
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_or_core import query as q
+from dicom_or_core.qr import query as q
 
 # Query values (wildcards, ranges) are not valid stored values; pydicom says so, rightly.
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),

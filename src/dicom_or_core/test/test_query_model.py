@@ -8,11 +8,12 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_or_core import context as ctx
-from dicom_or_core import qr_model as m
-from dicom_or_core import query as q
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.ros2_uri import Ros2Uri, format_uri, parse
+from dicom_or_core.archive import index as archive_index
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.ros2_uri import Ros2Uri, format_uri, parse
+from dicom_or_core.qr import model as m
+from dicom_or_core.qr import query as q
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -145,7 +146,7 @@ def test_archive_instances_join_live_series_and_form_their_own(tmp_path):
     gone = write_instance(tmp_path, STUDY, "1.2.826.0.1.3680043.8.498.99")
     (tmp_path / STUDY / "junk.dcm").write_bytes(b"not dicom")
     (tmp_path / STUDY / "x.dcm.partial").write_bytes(b"half")
-    index = m.ArchiveIndex(tmp_path)
+    index = archive_index.ArchiveIndex(tmp_path)
     model = m.build_model([m.LiveStream(live)], index.scan(), retrieve_ae_title="BR")
     counts = {str(s.SeriesInstanceUID): int(s.NumberOfSeriesRelatedInstances)
               for s in model.series}
@@ -169,7 +170,7 @@ def test_model_store_rebuilds_on_change_only():
 
 
 def test_model_store_sees_new_archive_files_after_a_background_rescan(tmp_path):
-    store = m.ModelStore(m.ArchiveIndex(tmp_path), archive_rescan_s=3600.0)
+    store = m.ModelStore(archive_index.ArchiveIndex(tmp_path), archive_rescan_s=3600.0)
     try:
         now = time.monotonic()
         assert store.snapshot(now).images == []       # the first scan (empty folder)
@@ -201,7 +202,7 @@ def model(tmp_path):
                   name="Roe^Richard")
     write_instance(tmp_path, STUDY, "1.2.826.0.1.3680043.8.498.10", sop="1.2.3.100")
     return m.build_model([m.LiveStream(video()), m.LiveStream(ecg()), m.LiveStream(other)],
-                         m.ArchiveIndex(tmp_path).scan(), retrieve_ae_title="BR")
+                         archive_index.ArchiveIndex(tmp_path).scan(), retrieve_ae_title="BR")
 
 
 def test_find_patient_level(model):
@@ -245,7 +246,7 @@ def test_records_narrowed_by_unique_keys_hold_every_match(tmp_path):
     series = "1.2.826.0.1.3680043.8.498.10"
     for n in range(30):
         write_instance(tmp_path, STUDY, series if n % 2 else "1.2.3.4.5", sop=f"1.2.3.9.{n}")
-    model = m.build_model([m.LiveStream(video())], m.ArchiveIndex(tmp_path).scan())
+    model = m.build_model([m.LiveStream(video())], archive_index.ArchiveIndex(tmp_path).scan())
 
     def query(level, **keys):
         ds = Dataset()

@@ -7,17 +7,17 @@ import os
 
 import pydicom
 import pytest
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_waveform
 
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_waveform
-from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.spool import (
+from dicom_or_core.archive.spool import (
     COMMITTED,
     FINAL,
     STORED,
     WRITING,
     Spool,
 )
-from dicom_or_core.uid import new_uid
+from dicom_or_core.iod.waveform import build_waveform
+from dicom_or_core.model.uid import new_uid
 
 
 def instance(series=None):
@@ -255,8 +255,8 @@ def test_pixel_data_written_file_to_file(tmp_path):
     most the fragment size, an odd-length stream padded, read back intact by pydicom."""
     from pydicom.encaps import generate_fragments
 
+    from dicom_or_core.archive.spool import PendingInstance
     from dicom_or_core.iod.bulk import EncapsulatedFile, NativeFrames
-    from dicom_or_core.spool import PendingInstance
 
     stream = tmp_path / "stream.bin"
     payload = os.urandom(10_001)

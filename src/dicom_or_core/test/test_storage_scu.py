@@ -9,26 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod.examples import (
+from dicom_or_test_common.examples import (
     example_descriptor,
     example_session,
     now_ns,
     synthetic_rgb,
     synthetic_waveform,
 )
+from dicom_or_test_common.peers import ORTHANC_BINARY, Orthanc, free_tcp_port
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from dicom_or_core.archive.spool import COMMITTED, FAILED, FINAL, STORED, Spool
+from dicom_or_core.iod.codec import PTS_HZ, PacketEncoder, choose_codec, mux_mpegts
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_multiframe_sc, build_snapshot, build_video
 from dicom_or_core.iod.waveform import build_waveform
-from dicom_or_core.peers import ORTHANC_BINARY, Orthanc, free_tcp_port
-from dicom_or_core.spool import COMMITTED, FAILED, FINAL, STORED, Spool
-from dicom_or_core.storage_scu import PacsConfig, StorageSender
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import PTS_HZ, PacketEncoder, choose_codec, mux_mpegts
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu.storage import PacsConfig, StorageSender
 
 needs_orthanc = pytest.mark.skipif(not Path(ORTHANC_BINARY).is_file(),
                                    reason="Orthanc not installed")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.synthetic_tracker import TrackerSimulator, default_tools, parse_tools
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.tracker import TrackerSimulator, default_tools, parse_tools
 
 
 def test_parse_tools_accepts_colon_and_equals() -> None:

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.synthetic_video import PatternSource, crc16, decode_band, encode_band, layout
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.video import PatternSource, crc16, decode_band, encode_band, layout
 
 
 def test_crc16_known_value() -> None:

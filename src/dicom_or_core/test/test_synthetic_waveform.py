@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.synthetic_waveform import (
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.waveform import (
     CHANNELS,
     GROUPS,
     PatientModel,

@@ -3,9 +3,10 @@
 import pytest
 import yaml
 
-from dicom_or_core import qos, uid
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.vr import check_ui
+from dicom_or_core.config import qos
+from dicom_or_core.model import uid
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.vr import check_ui
 
 
 def test_new_uid_is_valid_unique_and_under_the_root(monkeypatch):

@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_or_core import worklist as wl
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.scu import worklist as wl
 
 
 def item(step: str, date: str = "20241124", time: str = "080000", **kw) -> Dataset:
@@ -82,7 +82,7 @@ def test_unusable_items_raise_naming_the_field():
 
 
 def test_unreachable_worklist_raises_worklist_unavailable():
-    from dicom_or_core.peers import free_tcp_port
+    from dicom_or_test_common.peers import free_tcp_port
 
     peer = wl.WorklistPeer("127.0.0.1", free_tcp_port(), "WORKLIST", timeout_s=2)
     with pytest.raises(wl.WorklistUnavailable, match="no association"):

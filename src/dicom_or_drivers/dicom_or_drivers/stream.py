@@ -36,10 +36,10 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 
-from dicom_or_core import context as ctx
-from dicom_or_core import vr
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.uid import new_stream_uuid, new_uid
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model import vr
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_stream_uuid, new_uid
 from dicom_or_drivers.pacing import RateMeter
 from dicom_or_msgs.msg import DeviceStatus, SessionContext, StreamDescriptor
 from dicom_or_ros.convert import from_msg, ns_to_time, to_msg

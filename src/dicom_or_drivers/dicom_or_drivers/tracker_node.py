@@ -26,9 +26,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
 
-from dicom_or_core.context import KIND_POSE
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.synthetic_tracker import (
+from dicom_or_core.model.context import KIND_POSE
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.tracker import (
     ToolPose,
     TrackerSimulator,
     default_tools,

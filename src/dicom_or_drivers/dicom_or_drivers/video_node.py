@@ -17,8 +17,8 @@ import cv2
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from dicom_or_core.context import KIND_VIDEO, PIXEL_ENCODINGS
-from dicom_or_core.synthetic_video import layout
+from dicom_or_core.model.context import KIND_VIDEO, PIXEL_ENCODINGS
+from dicom_or_core.sim.video import layout
 from dicom_or_drivers.pacing import Backoff, Pacer
 from dicom_or_drivers.stream import (
     SOURCE_LOST,

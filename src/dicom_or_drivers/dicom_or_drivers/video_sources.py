@@ -2,7 +2,7 @@
 
 ``source`` parameter forms:
 
-* ``pattern``: :class:`dicom_or_core.synthetic_video.PatternSource` (frame number and capture
+* ``pattern``: :class:`dicom_or_core.sim.video.PatternSource` (frame number and capture
   time in the pixels);
 * a file path, or ``file:<path>``: OpenCV ``VideoCapture`` (FFmpeg backend), optional loop;
 * ``/dev/videoN`` or ``camera:N``: a V4L2 camera;
@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.synthetic_video import PatternSource, encode_band
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.video import PatternSource, encode_band
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "rtp://", "tcp://")
 

@@ -21,10 +21,10 @@ import time
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from dicom_or_core.context import KIND_WAVEFORM, StreamDescriptor
-from dicom_or_core.errors import DicomOrError
 from dicom_or_core.iod.waveform import iod_for
-from dicom_or_core.synthetic_waveform import (
+from dicom_or_core.model.context import KIND_WAVEFORM, StreamDescriptor
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.sim.waveform import (
     GROUPS,
     ChannelGroup,
     PatientModel,

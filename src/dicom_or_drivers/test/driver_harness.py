@@ -14,8 +14,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from dicom_or_core import context as ctx
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.uid import new_uid
 from dicom_or_msgs.msg import DeviceStatus, SessionContext, StreamDescriptor
 from dicom_or_ros.convert import from_msg, to_msg
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, SESSION_CONTEXT_TOPIC, descriptor_topic
@@ -99,7 +99,7 @@ class Probe:
         return [s.state for s in self.status if s.topic == topic]
 
     def spin_until(self, predicate, timeout_s: float = 20.0) -> bool:
-        from dicom_or_ros.testing import spin_until
+        from dicom_or_test_common.ros import spin_until
 
         return spin_until(self.executor, predicate, timeout_s)
 

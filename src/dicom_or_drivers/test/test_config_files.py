@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from dicom_or_test_common.ros import isolated_env, ros_context
 from driver_harness import Probe, executable
 
-from dicom_or_core.paths import config_file
+from dicom_or_core.config.paths import config_file
 from dicom_or_msgs.msg import ImageFrame, PoseSample, WaveformChunk
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, ros_context
 
 CASES = [
     ("video_driver", [("/or/endoscope/frames", ImageFrame, "ES")],

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import numpy as np
 import pyigtl
 import pytest
+from dicom_or_test_common.peers import free_tcp_port
+from dicom_or_test_common.ros import isolated_env, ros_context
 from driver_harness import (
     Probe,
     assert_contiguous,
@@ -21,15 +23,13 @@ from geometry_msgs.msg import PoseStamped
 from rclpy._rclpy_pybind11 import RCLError
 from visualization_msgs.msg import MarkerArray
 
-from dicom_or_core.context import KIND_POSE
-from dicom_or_core.peers import free_tcp_port
-from dicom_or_core.synthetic_tracker import quaternion_from_axis_angle
+from dicom_or_core.model.context import KIND_POSE
+from dicom_or_core.sim.tracker import quaternion_from_axis_angle
 from dicom_or_drivers.igtl import matrix_to_quaternion
 from dicom_or_drivers.tracker_node import TrackerDriver, topic_token
 from dicom_or_msgs.msg import DeviceStatus, PoseSample
 from dicom_or_ros.convert import time_to_ns
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, ros_context
 
 POSES = "/or/tracker/poses"
 

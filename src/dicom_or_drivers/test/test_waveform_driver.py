@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import wfdb
+from dicom_or_test_common.ros import isolated_env, ros_context
 from driver_harness import (
     Probe,
     assert_contiguous,
@@ -15,13 +16,12 @@ from driver_harness import (
     run_bad_parameter,
 )
 
-from dicom_or_core.context import KIND_WAVEFORM
-from dicom_or_core.synthetic_waveform import GROUPS, WaveformSimulator, physical
+from dicom_or_core.model.context import KIND_WAVEFORM
+from dicom_or_core.sim.waveform import GROUPS, WaveformSimulator, physical
 from dicom_or_drivers.waveform_node import WaveformDriver
 from dicom_or_msgs.msg import DeviceStatus, WaveformChunk
 from dicom_or_ros.convert import time_to_ns
 from dicom_or_ros.qos import named_qos
-from dicom_or_ros.testing import isolated_env, ros_context
 
 ECG = "/or/patient_monitor/ecg"
 HEMO = "/or/patient_monitor/hemodynamic"

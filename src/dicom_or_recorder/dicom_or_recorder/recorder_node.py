@@ -4,7 +4,7 @@ Finds streams with :func:`dicom_or_ros.graph.discover_streams` (every period), f
 those that pass the filters (``kinds``, ``topics``, ``series_instance_uids``), waits for each
 stream's latched descriptor and records its samples through a
 :class:`~dicom_or_recorder.segments.StreamRecorder` into the durable spool under
-``recordings_dir``. A background :class:`~dicom_or_core.storage_scu.StorageSender` stores
+``recordings_dir``. A background :class:`~dicom_or_core.scu.storage.StorageSender` stores
 finished instances to the PACS (``pacs_*`` parameters; ``pacs_port`` 0 = local only).
 
 Interfaces:
@@ -52,10 +52,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
-from dicom_or_core import context as ctx
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.spool import COMMITTED, FINAL, STORED, Journal, Spool
-from dicom_or_core.storage_scu import PacsConfig, StorageSender
+from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.scu.storage import PacsConfig, StorageSender
 from dicom_or_msgs.msg import ImageFrame, PoseSample, StreamDescriptor, WaveformChunk
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_recorder.segments import (

@@ -3,7 +3,7 @@
 One :class:`StreamRecorder` per recorded stream. It cuts the stream into *segments* (one
 segment = one instance of the stream's Series, bounded by ``max_segment_s`` and, for native
 video, by the 4 GiB Pixel Data limit), journals every accepted sample in the segment's
-:class:`~dicom_or_core.spool.Journal` before reporting it acknowledged, and finalises a
+:class:`~dicom_or_core.archive.spool.Journal` before reporting it acknowledged, and finalises a
 closed segment into a DICOM instance in the spool. :func:`finalise_journal` rebuilds the
 instance from a journal alone, which is what crash recovery runs.
 
@@ -73,9 +73,15 @@ from typing import Any
 import numpy as np
 from pydicom.valuerep import DSfloat
 
-from dicom_or_core import context as ctx
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.archive.spool import Journal, PendingInstance, Spool
 from dicom_or_core.iod.bulk import EncapsulatedFile, NativeFrames
+from dicom_or_core.iod.codec import (
+    PTS_HZ,
+    PacketEncoder,
+    TsMuxer,
+    choose_codec,
+)
+from dicom_or_core.iod.codec import EncodedPacket as _Packet
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import (
     MAX_NATIVE_PIXEL_BYTES,
@@ -85,15 +91,9 @@ from dicom_or_core.iod.video import (
     video_header,
 )
 from dicom_or_core.iod.waveform import build_waveform, check_constraints
-from dicom_or_core.spool import Journal, PendingInstance, Spool
-from dicom_or_core.uid import new_uid
-from dicom_or_core.video_codec import (
-    PTS_HZ,
-    PacketEncoder,
-    TsMuxer,
-    choose_codec,
-)
-from dicom_or_core.video_codec import EncodedPacket as _Packet
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 VIDEO_MODES = ("auto", "h264", "hevc", "mpeg2", "lossless")
 EARLIEST_NS = 946_684_800 * 10**9      # 2000-01-01T00:00:00Z: older is not a clock reading

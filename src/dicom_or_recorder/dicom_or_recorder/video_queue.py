@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_recorder.segments import VideoRecorder
 
 _STOP = None  # the queue marker of request_stop()

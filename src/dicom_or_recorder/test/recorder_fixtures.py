@@ -12,7 +12,7 @@ import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from dicom_or_core import context as ctx
+from dicom_or_core.model import context as ctx
 from dicom_or_msgs.msg import ImageFrame, PoseSample, StreamDescriptor, WaveformChunk
 from dicom_or_ros.convert import ns_to_time, to_msg
 from dicom_or_ros.graph import descriptor_topic

@@ -17,24 +17,24 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import generate_fragments
-from rclpy.executors import SingleThreadedExecutor
-from recorder_fixtures import StreamPublisher, cfind_image, console_script, stream_status
-
-from dicom_or_core.iod.examples import (
+from dicom_or_test_common.examples import (
     example_descriptor,
     example_session,
     now_ns,
     synthetic_rgb,
     synthetic_waveform,
 )
+from dicom_or_test_common.peers import ORTHANC_BINARY, Orthanc, dciodvfy, free_tcp_port, have
+from dicom_or_test_common.ros import isolated_env, ros_context, spin_until
+from pydicom.encaps import generate_fragments
+from rclpy.executors import SingleThreadedExecutor
+from recorder_fixtures import StreamPublisher, cfind_image, console_script, stream_status
+
+from dicom_or_core.iod.codec import decode_frames
 from dicom_or_core.iod.pose import read_pose_sr
 from dicom_or_core.iod.video import frame_offsets_ms
 from dicom_or_core.iod.waveform import read_samples
-from dicom_or_core.peers import ORTHANC_BINARY, Orthanc, dciodvfy, free_tcp_port, have
-from dicom_or_core.video_codec import decode_frames
 from dicom_or_msgs.srv import RecordControl
-from dicom_or_ros.testing import isolated_env, ros_context, spin_until
 
 PACS_DOWN_S = float(os.environ.get("DICOM_OR_PACS_DOWN_S", "5"))
 FRAME_NS = 33_333_333

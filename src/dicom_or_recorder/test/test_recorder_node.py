@@ -12,24 +12,24 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.parameter import Parameter
-from recorder_fixtures import StreamPublisher, console_script, stream_status
-
-from dicom_or_core.iod.examples import (
+from dicom_or_test_common.examples import (
     example_descriptor,
     example_session,
     now_ns,
     synthetic_rgb,
     synthetic_waveform,
 )
+from dicom_or_test_common.peers import dciodvfy, have
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context, spin_until
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from recorder_fixtures import StreamPublisher, console_script, stream_status
+
 from dicom_or_core.iod.pose import read_pose_sr
 from dicom_or_core.iod.video import VL_ENDOSCOPIC
 from dicom_or_core.iod.waveform import read_samples
-from dicom_or_core.peers import dciodvfy, have
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_recorder.recorder_node import RecorderNode
-from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context, spin_until
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -7,21 +7,21 @@ import time
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import generate_fragments
-
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod.examples import (
+from dicom_or_test_common.examples import (
     example_descriptor,
     now_ns,
     synthetic_rgb,
     synthetic_waveform,
 )
+from dicom_or_test_common.peers import dciodvfy, have
+from pydicom.encaps import generate_fragments
+
+from dicom_or_core.archive.spool import FINAL, Spool
+from dicom_or_core.iod.codec import decode_frames
 from dicom_or_core.iod.pose import read_pose_sr
 from dicom_or_core.iod.video import frame_offsets_ms
 from dicom_or_core.iod.waveform import read_samples
-from dicom_or_core.peers import dciodvfy, have
-from dicom_or_core.spool import FINAL, Spool
-from dicom_or_core.video_codec import decode_frames
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_recorder.segments import (
     PoseRecorder,
     RecorderOptions,

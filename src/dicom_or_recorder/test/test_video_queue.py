@@ -8,13 +8,13 @@ import threading
 import numpy as np
 import pydicom
 import pytest
+from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_rgb
 from pydicom.encaps import generate_fragments
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.iod.examples import example_descriptor, now_ns, synthetic_rgb
+from dicom_or_core.archive.spool import Spool
+from dicom_or_core.iod.codec import PacketEncoder, decode_frames
 from dicom_or_core.iod.video import frame_offsets_ms
-from dicom_or_core.spool import Spool
-from dicom_or_core.video_codec import PacketEncoder, decode_frames
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_recorder.segments import RecorderOptions, VideoRecorder
 from dicom_or_recorder.video_queue import VideoEncoderQueue
 

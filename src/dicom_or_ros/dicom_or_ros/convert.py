@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from builtin_interfaces.msg import Time
 
-from dicom_or_core import context as ctx
+from dicom_or_core.model import context as ctx
 from dicom_or_msgs import msg as m
 
 T = TypeVar("T")

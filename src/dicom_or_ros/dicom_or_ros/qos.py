@@ -12,7 +12,7 @@ from rclpy.qos import (
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
-from dicom_or_core.qos import QosSpec, get_profile
+from dicom_or_core.config.qos import QosSpec, get_profile
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE,
                 "best_effort": ReliabilityPolicy.BEST_EFFORT}

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.paths import config_file
+from dicom_or_core.config.paths import config_file
+from dicom_or_core.model.errors import DicomOrError
 
 ENV_FASTDDS_PROFILE = "FASTDDS_DEFAULT_PROFILES_FILE"
 ENV_NO_TUNING = "DICOM_OR_NO_TRANSPORT_TUNING"

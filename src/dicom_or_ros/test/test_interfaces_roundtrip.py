@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from dicom_or_test_common.ros import isolated_env, ros_context, spin_until
 from message_fill import LATCHED_TYPES, SAMPLE_TYPES, _message_class, as_plain, fill, topic_of
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-from dicom_or_ros.testing import isolated_env, ros_context, spin_until
 
 HERE = Path(__file__).parent
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import rclpy
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context
 from rclpy.parameter import Parameter
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_ros.params import declare
-from dicom_or_ros.testing import isolated_env, reserved_domain_id, ros_context
 
 HERE = Path(__file__).parent
 

@@ -4,7 +4,7 @@ Time base: every sample of an OR session carries its acquisition time as nanosec
 session clock (the host's NTP-disciplined UTC clock, ``SampleContext.acquisition_time``).
 Every instance writes that clock as DICOM DT with the host's UTC offset, and declares it
 through the Synchronization Module (PS3.3 C.7.4.2, filled by
-:func:`dicom_or_core.context.apply_synchronization_module`), so a video, a waveform and a
+:func:`dicom_or_core.model.context.apply_synchronization_module`), so a video, a waveform and a
 pose recording of one session can be aligned to the microsecond.
 """
 
@@ -15,9 +15,9 @@ import datetime as _dt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from dicom_or_core import vr
-from dicom_or_core.context import StreamDescriptor, apply_stream_context
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model import vr
+from dicom_or_core.model.context import StreamDescriptor, apply_stream_context
+from dicom_or_core.model.errors import DicomOrError
 
 IMPLEMENTATION_VERSION_NAME = "DICOM_OR_0_1"
 # Private coding scheme for concepts no standard code covers (PS3.3 8.2: "99" prefix).

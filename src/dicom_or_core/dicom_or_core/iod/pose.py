@@ -83,8 +83,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
 
-from dicom_or_core.context import KIND_POSE, StreamDescriptor
-from dicom_or_core.errors import DicomOrError
 from dicom_or_core.iod.common import (
     PRIVATE_SCHEME,
     apply_instance_context,
@@ -95,6 +93,8 @@ from dicom_or_core.iod.common import (
     ns_to_dt,
     require_kind,
 )
+from dicom_or_core.model.context import KIND_POSE, StreamDescriptor
+from dicom_or_core.model.errors import DicomOrError
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 

@@ -2,7 +2,7 @@
 Multi-frame True Color Secondary Capture (A.8.5, lossless mode), and snapshots -> VL
 Endoscopic Image (A.32.1) or Secondary Capture (A.8.1).
 
-Compressed video: the MPEG-2 Transport Stream from :mod:`dicom_or_core.video_codec` is the
+Compressed video: the MPEG-2 Transport Stream from :mod:`dicom_or_core.iod.codec` is the
 whole Pixel Data, encapsulated (PS3.5 A.4) in fragments of at most ``FRAGMENT_BYTES`` with an
 empty Basic Offset Table, as PS3.5 8.2.7/8.2.8 require for video (one "frame" = the stream).
 The image attributes describe the stream (PS3.5 8.2.7): YBR_PARTIAL_420, 3 samples, 8 bits,
@@ -26,9 +26,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
 
-from dicom_or_core.context import KIND_VIDEO, StreamDescriptor
-from dicom_or_core.errors import DicomOrError
 from dicom_or_core.iod.bulk import FRAGMENT_BYTES
+from dicom_or_core.iod.codec import CodecChoice
 from dicom_or_core.iod.common import (
     apply_instance_context,
     code_item,
@@ -36,7 +35,8 @@ from dicom_or_core.iod.common import (
     new_dataset,
     require_kind,
 )
-from dicom_or_core.video_codec import CodecChoice
+from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
+from dicom_or_core.model.errors import DicomOrError
 
 VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
 VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"

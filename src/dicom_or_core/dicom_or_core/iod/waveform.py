@@ -29,8 +29,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
 
-from dicom_or_core.context import KIND_WAVEFORM, StreamDescriptor, WaveformChannel
-from dicom_or_core.errors import DicomOrError
 from dicom_or_core.iod.common import (
     apply_instance_context,
     code_item,
@@ -38,6 +36,8 @@ from dicom_or_core.iod.common import (
     new_dataset,
     require_kind,
 )
+from dicom_or_core.model.context import KIND_WAVEFORM, StreamDescriptor, WaveformChannel
+from dicom_or_core.model.errors import DicomOrError
 
 
 @dataclass(frozen=True)

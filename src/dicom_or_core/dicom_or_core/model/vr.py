@@ -1,7 +1,7 @@
 """Value Representation rules of PS3.5 section 6.2 for the VRs the context uses.
 
 Each ``check_*`` returns the value unchanged when it is valid and raises
-:class:`~dicom_or_core.errors.DicomOrError` naming ``field`` otherwise. Empty strings are
+:class:`~dicom_or_core.model.errors.DicomOrError` naming ``field`` otherwise. Empty strings are
 valid everywhere (a type 2 attribute is then sent zero-length); whether a field is
 *required* is the caller's rule, checked with :func:`require`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 # PS3.5 6.2: the default character repertoire excludes control characters other than ESC;
 # LO, SH and PN also exclude backslash (it separates multiple values).

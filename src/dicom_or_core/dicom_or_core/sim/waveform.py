@@ -1,7 +1,7 @@
 """A simulated multi-parameter patient monitor, and WFDB record replay, as DICOM channels.
 
 Channels are defined as PS3.3 C.10.9.1 Channel Definition Sequence items
-(:class:`~dicom_or_core.context.WaveformChannel`): label, Channel Source code, UCUM units,
+(:class:`~dicom_or_core.model.context.WaveformChannel`): label, Channel Source code, UCUM units,
 sensitivity and baseline, so a digital sample ``d`` means the physical value
 ``(d + baseline) * sensitivity * sensitivity_correction``.
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_or_core.context import WaveformChannel
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.context import WaveformChannel
+from dicom_or_core.model.errors import DicomOrError
 
 INT16_MIN, INT16_MAX = -32768, 32767
 

@@ -53,7 +53,7 @@ from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 WRITING, FINAL, STORED, COMMITTED, FAILED = "writing", "final", "stored", "committed", "failed"
 STATES = (WRITING, FINAL, STORED, COMMITTED, FAILED)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from dicom_or_core.context import (
+from dicom_or_core.model.context import (
     KIND_POSE,
     KIND_VIDEO,
     KIND_WAVEFORM,
@@ -21,7 +21,7 @@ from dicom_or_core.context import (
     Study,
     WaveformChannel,
 )
-from dicom_or_core.uid import new_stream_uuid, new_uid
+from dicom_or_core.model.uid import new_stream_uuid, new_uid
 
 
 def example_session() -> SessionContext:

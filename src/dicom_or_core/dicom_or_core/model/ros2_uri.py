@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 SCHEME = "ros2"
 _TOPIC = re.compile(r"^(/[A-Za-z_][A-Za-z0-9_]*)+$")

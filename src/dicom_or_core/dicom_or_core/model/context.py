@@ -15,8 +15,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicom_or_core import vr
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model import vr
+from dicom_or_core.model.errors import DicomOrError
 
 KIND_VIDEO = 1
 KIND_POSE = 2

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dicom_or_core.peers import free_tcp_port  # noqa: F401  (re-exported for tests)
+from dicom_or_bringup.peer_tools import free_tcp_port  # noqa: F401  (re-exported for tests)
 
 # 0 is everybody's default and the demo's; 1-100 are left to users. 101..232 are valid
 # Fast DDS domains whose ports (7400 + 250 * id) stay below the ephemeral port range.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 SYNC = 0xA5
 LOW, HIGH = 16, 235

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.paths import config_file
+from dicom_or_core.config.paths import config_file
+from dicom_or_core.model.errors import DicomOrError
 
 RELIABILITIES = ("reliable", "best_effort")
 DURABILITIES = ("volatile", "transient_local")

@@ -14,8 +14,8 @@ import uuid
 
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.vr import check_ui
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.vr import check_ui
 
 ENV_UID_ROOT = "DICOM_OR_UID_ROOT"
 

@@ -14,8 +14,9 @@ of the standards the DICOM transfer syntaxes name (PS3.5 8.2.5-8.2.10, 10.13-10.
 
 The encoder is configured for zero latency (no B-frames, no look-ahead): every input frame
 produces its packet at once, so the recorder can journal each frame durably as soon as it
-arrives (see :mod:`dicom_or_core.spool`). Rate control is constant quality (CRF) capped by the
-level's maximum bit rate (VBV), so quality holds and the stream never exceeds its level.
+arrives (see :mod:`dicom_or_core.archive.spool`). Rate control is constant quality (CRF)
+capped by the level's maximum bit rate (VBV), so quality holds and the stream never exceeds
+its level.
 
 The video bit stream is carried in an MPEG-2 Transport Stream (ISO/IEC 13818-1), the
 container PS3.5 8.2.7/8.2.8 names, with the PTS of each frame taken from its acquisition
@@ -37,7 +38,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 PTS_HZ = 90_000  # MPEG system clock for PTS/DTS (ISO/IEC 13818-1 2.4.3.7)
 CODECS = ("auto", "h264", "hevc", "mpeg2")

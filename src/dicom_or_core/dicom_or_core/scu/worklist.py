@@ -2,7 +2,7 @@
 
 The context node asks the hospital's worklist SCP (Modality Worklist Information Model -
 FIND, 1.2.840.10008.5.1.4.31) for the Scheduled Procedure Steps of this OR, picks one and
-turns it into a :class:`~dicom_or_core.context.SessionContext`:
+turns it into a :class:`~dicom_or_core.model.context.SessionContext`:
 
 * selection: Scheduled Station AE Title (0040,0001) and/or Scheduled Procedure Step Location
   (0040,0011) and Scheduled Procedure Step Start Date (0040,0002), inside the Scheduled
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from dicom_or_core import context as ctx
-from dicom_or_core import vr
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.uid import new_uid
+from dicom_or_core.model import context as ctx
+from dicom_or_core.model import vr
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,10 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from dicom_or_core import vr
-from dicom_or_core.errors import DicomOrError
-from dicom_or_core.spool import FAILED, STORED, InstanceRow, Spool
-from dicom_or_core.uid import new_uid
+from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
+from dicom_or_core.model import vr
+from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.uid import new_uid
 
 log = logging.getLogger("dicom_or.storage_scu")
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP Instance (PS3.4 J.3)

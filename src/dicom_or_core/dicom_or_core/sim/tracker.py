@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_or_core.errors import DicomOrError
+from dicom_or_core.model.errors import DicomOrError
 
 KINDS = ("instrument", "reference", "occluded")
 DEFAULT_TOOLS = (("pointer", "instrument"), ("patient_reference", "reference"),

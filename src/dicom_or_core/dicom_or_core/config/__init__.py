@@ -1,0 +1,1 @@
+"""Where the shared configuration lives and the named QoS profiles it defines."""
