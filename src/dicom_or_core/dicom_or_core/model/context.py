@@ -17,11 +17,13 @@ from pydicom.dataset import Dataset
 
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.stream import StreamKind
 
-KIND_VIDEO = 1
-KIND_POSE = 2
-KIND_WAVEFORM = 3
-KIND_NAMES = {KIND_VIDEO: "video", KIND_POSE: "pose", KIND_WAVEFORM: "waveform"}
+# Short names for the kinds (model/stream.py defines them).
+KIND_VIDEO = StreamKind.VIDEO
+KIND_POSE = StreamKind.POSE
+KIND_WAVEFORM = StreamKind.WAVEFORM
+KIND_NAMES = {kind: kind.label for kind in StreamKind}
 PIXEL_ENCODINGS = ("rgb8", "bgr8", "mono8")
 SEXES = ("", "M", "F", "O")
 

@@ -31,15 +31,16 @@ from pydicom.dataset import Dataset
 from dicom_or_core.archive.index import ArchivedInstance, ArchiveIndex
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.ros2_uri import Ros2Uri, format_uri
+from dicom_or_core.model.stream import StreamState
 
 log = logging.getLogger(__name__)
 
-# DeviceStatus states (dicom_or_msgs/DeviceStatus), repeated here to stay ROS-free.
-STATE_STARTING = 0
-STATE_LIVE = 1
-STATE_STALE = 2
-STATE_SOURCE_LOST = 3
-STATE_STOPPED = 4
+# Short names for the states (model/stream.py defines them).
+STATE_STARTING = StreamState.STARTING
+STATE_LIVE = StreamState.LIVE
+STATE_STALE = StreamState.STALE
+STATE_SOURCE_LOST = StreamState.SOURCE_LOST
+STATE_STOPPED = StreamState.STOPPED
 _STATE_SUFFIX = {STATE_STALE: " [STALE]", STATE_SOURCE_LOST: " [SOURCE LOST]"}
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
