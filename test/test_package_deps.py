@@ -1,0 +1,238 @@
+"""Every package.xml declares what its package imports, and nothing it does not use.
+
+rosdep installs a released package's dependencies from its package.xml alone, so an import
+missing there is a node that crashes on a clean machine, and a stale entry drags in a
+package nobody needs. For each package under src/ this test reads its Python sources with
+``ast`` and holds them against its manifest:
+
+* installed modules (``src/<pkg>/<pkg>/``, plus the launch files bringup installs) may
+  import only what is an ``exec_depend`` or ``depend``;
+* tests (``src/<pkg>/test/``) may import that, or a ``test_depend``;
+* every ``exec_depend`` / ``depend`` is imported by the installed modules (bringup's launch
+  graphs also use the packages whose nodes they start), and every ``test_depend`` by the
+  tests, except the few runtime-only dependencies in :data:`RUNTIME_ONLY`;
+* an interface package (dicom_or_msgs) depends on every package its msg/srv fields name.
+
+Import names map to rosdep keys through one table, :data:`ROSDEP_KEYS`; an import the
+table does not know fails with a hint to add it, so a new third-party import cannot slip
+through undeclared.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+# Top-level import name -> rosdep key, for every third-party import in the workspace.
+ROSDEP_KEYS = {
+    "av": "python3-av",
+    "cv2": "python3-opencv",
+    "numpy": "python3-numpy",
+    "pydicom": "python3-pydicom",
+    "pynetdicom": "python3-pynetdicom",
+    "pytest": "python3-pytest",
+    "scipy": "python3-scipy",
+    "yaml": "python3-yaml",
+    # Packaged by no distribution rosdep targets: rosdep's pip keys (installed with pip).
+    "highdicom": "python3-highdicom-pip",
+    "pyigtl": "python3-pyigtl-pip",
+    "wfdb": "python3-wfdb-pip",
+}
+# ROS 2 packages imported as Python modules: the rosdep key is the package name.
+ROS_PACKAGES = {
+    "ament_index_python", "builtin_interfaces", "diagnostic_msgs", "geometry_msgs", "launch",
+    "launch_ros", "rcl_interfaces", "rclpy", "sensor_msgs", "std_msgs", "std_srvs",
+    "visualization_msgs",
+}
+# Test support on pytest's path (pytest.ini), never installed: tests only.
+TEST_SUPPORT = {"dicom_or_test_common"}
+# Declared but never imported, on purpose: package -> {key: why}.
+RUNTIME_ONLY = {
+    "dicom_or_bringup": {
+        "rviz2": "the demo's viewer, started by `rviz2 -d` with the installed config",
+    },
+    "dicom_or_msgs": {
+        "rosidl_default_runtime": "the generated type support's runtime libraries",
+    },
+}
+WORKSPACE = {p.parent.name for p in SRC.glob("*/package.xml")}
+_INTERFACE_TYPE = re.compile(r"^\s*([a-z][a-z0-9_]*)/[A-Z]\w*", re.MULTILINE)
+
+
+@dataclass
+class Manifest:
+    """What one package.xml declares, by dependency kind."""
+
+    name: str
+    build_type: str
+    run: set[str] = field(default_factory=set)    # exec_depend + depend
+    test: set[str] = field(default_factory=set)   # test_depend
+
+
+def read_manifest(package_xml: Path) -> Manifest:
+    """The run and test dependencies package.xml declares (``depend`` counts as both)."""
+    root = ET.parse(package_xml).getroot()
+    manifest = Manifest(name=root.findtext("name", "").strip(),
+                        build_type=root.findtext("export/build_type", "").strip())
+    for tag, kinds in (("depend", ("run", "test")), ("exec_depend", ("run",)),
+                       ("test_depend", ("test",))):
+        for element in root.iter(tag):
+            for kind in kinds:
+                getattr(manifest, kind).add(element.text.strip())
+    return manifest
+
+
+def imported_names(files: list[Path]) -> dict[str, set[str]]:
+    """Top-level names of the absolute imports in ``files`` -> the files importing them."""
+    names: dict[str, set[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif _is_importorskip(node):
+                modules = [node.args[0].value]
+            else:
+                continue
+            for module in modules:
+                names.setdefault(module.split(".")[0], set()).add(_shown(path))
+    return names
+
+
+def _is_importorskip(node: ast.AST) -> bool:
+    """``pytest.importorskip("name")``: an optional test dependency, declared all the same."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "importorskip" and bool(node.args)
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a report names it: relative to the workspace when inside it."""
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def rosdep_key(name: str) -> str | None:
+    """The dependency an import needs: None for the stdlib, a key, or KeyError if unknown."""
+    if name in sys.stdlib_module_names or name == "__future__":
+        return None
+    if name in WORKSPACE or name in ROS_PACKAGES:
+        return name
+    return ROSDEP_KEYS[name]
+
+
+def installed_sources(package: Path) -> list[Path]:
+    """Python files the package installs: its module tree, and bringup's launch files."""
+    files = sorted((package / package.name).rglob("*.py"))
+    if package.name == "dicom_or_bringup":
+        files += sorted((ROOT / "launch").glob("*.launch.py"))
+    return files
+
+
+def launched_packages(package: Path) -> set[str]:
+    """Packages whose nodes the launch graphs installed by ``package`` start."""
+    if package.name != "dicom_or_bringup":
+        return set()
+    used = set()
+    for graph in (ROOT / "launch").glob("*.graph.yaml"):
+        for node in yaml.safe_load(graph.read_text()).get("nodes", []):
+            used.add(node["package"])
+    return used
+
+
+def check_python_package(package: Path, manifest: Manifest) -> list[str]:
+    """Undeclared imports and unused declarations of an ament_python package."""
+    problems = []
+    local_test_modules = {p.stem for p in (package / "test").glob("*.py")}
+    installed = imported_names(installed_sources(package))
+    tests = imported_names(sorted((package / "test").rglob("*.py")))
+    used_run, used_test = launched_packages(package), set()
+    flagged: set[str] = set()
+    for names, used, allowed, where in (
+            (installed, used_run, manifest.run, "exec_depend"),
+            (tests, used_test, manifest.run | manifest.test, "test_depend or exec_depend")):
+        for name, files in sorted(names.items()):
+            if name == package.name or (names is tests and (
+                    name in TEST_SUPPORT or name in local_test_modules)):
+                continue
+            try:
+                key = rosdep_key(name)
+            except KeyError:
+                problems.append(f"import {name!r} ({sorted(files)[0]}) has no rosdep key: add "
+                                f"it to ROSDEP_KEYS or ROS_PACKAGES in {Path(__file__).name}")
+                continue
+            if key is None:
+                continue
+            used.add(key)
+            if key not in allowed and key not in flagged:
+                flagged.add(key)   # once: an undeclared run dependency also covers the tests
+                problems.append(f"{key} undeclared: imported by {', '.join(sorted(files))}; "
+                                f"declare it as {where}")
+    problems += unused(manifest, used_run, used_test | used_run)
+    return problems
+
+
+def unused(manifest: Manifest, used_run: set[str], used_test: set[str]) -> list[str]:
+    """Declarations nothing uses, less the documented runtime-only ones."""
+    exempt = RUNTIME_ONLY.get(manifest.name, {})
+    return ([f"exec_depend {key} is not imported by the installed modules"
+             for key in sorted(manifest.run - used_run - exempt.keys())]
+            + [f"test_depend {key} is not imported by the tests"
+               for key in sorted(manifest.test - manifest.run - used_test - exempt.keys())])
+
+
+def check_interface_package(manifest: Manifest) -> list[str]:
+    """An interface package depends on every package its msg/srv field types name."""
+    named = set()
+    for path in sorted((ROOT / "msg").glob("*.msg")) + sorted((ROOT / "srv").glob("*.srv")):
+        named |= set(_INTERFACE_TYPE.findall(path.read_text())) - {manifest.name}
+    problems = [f"depend {key} missing: an interface field names it"
+                for key in sorted(named - manifest.run)]
+    return problems + unused(manifest, named, named)
+
+
+PACKAGES = sorted(p.parent for p in SRC.glob("*/package.xml"))
+
+
+def test_every_package_is_checked():
+    assert {p.name for p in PACKAGES} >= {"dicom_or_core", "dicom_or_ros", "dicom_or_msgs",
+                                          "dicom_or_drivers", "dicom_or_bridge",
+                                          "dicom_or_recorder", "dicom_or_bringup"}
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_package_xml_declares_what_the_package_imports(package: Path):
+    manifest = read_manifest(package / "package.xml")
+    assert manifest.name == package.name
+    if manifest.build_type == "ament_python":
+        problems = check_python_package(package, manifest)
+    else:
+        assert manifest.build_type == "ament_cmake", manifest.build_type
+        problems = check_interface_package(manifest)
+    assert not problems, f"{package.name}/package.xml:\n  " + "\n  ".join(problems)
+
+
+def test_the_checker_sees_an_undeclared_and_an_unused_dependency(tmp_path: Path):
+    """The check can fail: a fake package importing scipy and declaring std_srvs."""
+    package = tmp_path / "dicom_or_fake"
+    (package / "dicom_or_fake").mkdir(parents=True)
+    (package / "test").mkdir()
+    (package / "dicom_or_fake" / "node.py").write_text("import os\nimport scipy.signal\n")
+    (package / "test" / "test_node.py").write_text("import pytest\nimport highdicom\n")
+    manifest = Manifest("dicom_or_fake", "ament_python", run={"std_srvs"},
+                        test={"python3-pytest"})
+    problems = check_python_package(package, manifest)
+    assert any(p.startswith("python3-scipy undeclared") for p in problems), problems
+    assert any(p.startswith("python3-highdicom-pip undeclared") for p in problems), problems
+    assert "exec_depend std_srvs is not imported by the installed modules" in problems
+    assert len(problems) == 3, problems
