@@ -17,7 +17,6 @@ that can never work (a missing file) raises :class:`DicomOrError` at configurati
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,16 +175,3 @@ def make_source(spec: SourceSpec, width: int, height: int, encoding: str, fps: f
     if spec.kind == "pattern":
         return Pattern(width, height, encoding)
     return CaptureSource(spec, width, height, encoding, fps, loop, stamp_pixels)
-
-
-def write_test_video(path: str | Path, frames: int, width: int = 320, height: int = 240,
-                     fps: float = 30.0) -> Path:
-    """Write a short MJPEG AVI of the synthetic pattern (tests and demos)."""
-    path = Path(path)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
-                             (width, height))
-    pattern = PatternSource(width, height, "bgr8")
-    for index in range(frames):
-        writer.write(pattern.frame(index, time.time_ns()))
-    writer.release()
-    return path

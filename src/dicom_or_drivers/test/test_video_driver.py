@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from dicom_or_test_common.examples import write_test_video
 from dicom_or_test_common.peers import free_tcp_port
 from dicom_or_test_common.ros import isolated_env, ros_context
 from driver_harness import (
@@ -21,7 +22,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from dicom_or_core.model.context import KIND_VIDEO
 from dicom_or_core.sim.video import decode_band
 from dicom_or_drivers.video_node import VideoDriver
-from dicom_or_drivers.video_sources import write_test_video
 from dicom_or_msgs.msg import DeviceStatus, ImageFrame
 from dicom_or_ros.convert import time_to_ns
 from dicom_or_ros.qos import named_qos

@@ -7,7 +7,9 @@ codes and units), so recorder tests need no driver running.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from dicom_or_core.model.context import (
@@ -22,6 +24,7 @@ from dicom_or_core.model.context import (
     WaveformChannel,
 )
 from dicom_or_core.model.uid import new_stream_uuid, new_uid
+from dicom_or_core.sim.video import PatternSource
 
 
 def example_session() -> SessionContext:
@@ -137,3 +140,16 @@ def synthetic_waveform(n: int, channels: int, start: int = 0) -> np.ndarray:
 def now_ns() -> int:
     """The session clock now (host UTC time in nanoseconds)."""
     return time.time_ns()
+
+
+def write_test_video(path: str | Path, frames: int, width: int = 320, height: int = 240,
+                     fps: float = 30.0) -> Path:
+    """Write a short MJPEG AVI of the synthetic pattern (the video driver's file source)."""
+    path = Path(path)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                             (width, height))
+    pattern = PatternSource(width, height, "bgr8")
+    for index in range(frames):
+        writer.write(pattern.frame(index, time.time_ns()))
+    writer.release()
+    return path
