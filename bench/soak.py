@@ -125,20 +125,21 @@ def wait_for_series(port: int, want: int, timeout_s: float) -> bool:
 
 
 class StatusListener:
-    """The recorder's latest status (JSON on /or/recorder/status), kept by a thread."""
+    """The recorder's latest status (RecorderStatus on /or/recorder/status, as a dict),
+    kept by a thread."""
 
     def __init__(self) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from std_msgs.msg import String
 
+        from dicom_or_msgs.msg import RecorderStatus
         from dicom_or_ros.qos import named_qos
 
         self.latest: dict = {}
         self._context = rclpy.Context()
         rclpy.init(context=self._context)
         self._node = rclpy.create_node("soak_status", context=self._context)
-        self._node.create_subscription(String, "/or/recorder/status", self._on_status,
+        self._node.create_subscription(RecorderStatus, "/or/recorder/status", self._on_status,
                                        named_qos("status"))
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
@@ -147,7 +148,9 @@ class StatusListener:
         self._thread.start()
 
     def _on_status(self, msg) -> None:
-        self.latest = json.loads(msg.data)
+        from dicom_or_recorder.status import status_dict
+
+        self.latest = status_dict(msg)
 
     def _spin(self) -> None:
         while not self._stop.is_set():

@@ -51,8 +51,8 @@ ROSDEP_KEYS = {
 # ROS 2 packages imported as Python modules: the rosdep key is the package name.
 ROS_PACKAGES = {
     "ament_index_python", "builtin_interfaces", "diagnostic_msgs", "geometry_msgs", "launch",
-    "launch_ros", "rcl_interfaces", "rclpy", "sensor_msgs", "std_msgs", "std_srvs",
-    "visualization_msgs",
+    "launch_ros", "rcl_interfaces", "rclpy", "rosgraph_msgs", "sensor_msgs", "std_msgs",
+    "std_srvs", "visualization_msgs",
 }
 # Test support on pytest's path (pytest.ini), never installed: tests only.
 TEST_SUPPORT = {"dicom_or_test_common"}

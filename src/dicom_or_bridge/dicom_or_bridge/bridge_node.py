@@ -12,7 +12,6 @@ SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr.model`).
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from pathlib import Path
@@ -28,16 +27,20 @@ from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
 from dicom_or_core.model import vr
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.stream import StreamState
 from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore
 from dicom_or_msgs.msg import DeviceStatus, ImageFrame
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import from_msg
+from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_for
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic, discover_streams
+from dicom_or_ros.logging_bridge import LastProblem
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
 _STRINGS = Parameter.Type.STRING_ARRAY
+PROBLEM_WINDOW_S = 60.0  # a logged problem keeps the bridge's health at WARN this long
 
 
 def _ae_ok(value: str) -> bool:
@@ -139,7 +142,9 @@ class DicomBridgeNode(Node):
         self._live_topics: set[str] = set()
         self.create_subscription(DeviceStatus, DEVICE_STATUS_TOPIC, self._on_status,
                                  named_qos("status"))
-        self.scp = BridgeScp(self.store, config, _RosLogger(self).logger,
+        # The SCP logs through the standard library (dicom_or_bridge.scp / .server); run_node
+        # routes that to this node's logger and /rosout (dicom_or_ros.logging_bridge).
+        self.scp = BridgeScp(self.store, config,
                              snapshot=self._snapshot if self._snapshot_timeout > 0 else None)
         try:
             port = self.scp.start()
@@ -154,6 +159,9 @@ class DicomBridgeNode(Node):
                                                qos_overriding_options=overridable())
         self._port_pub.publish(UInt16(data=port))
         self.create_timer(self._discovery_period, self._discover)
+        self._problems = LastProblem("dicom_or_bridge")
+        diagnostics_for(self).add(NODE_ENTRY, self._health,
+                                  hardware_id=f"{config.ae_title}@{config.host}:{port}")
 
     # --- graph ---------------------------------------------------------------------
 
@@ -225,35 +233,31 @@ class DicomBridgeNode(Node):
         acquired_ns = stamp.sec * 1_000_000_000 + stamp.nanosec if stamp.sec else None
         return snapshot_dataset(descriptor, pixels, image.encoding, acquired_ns)
 
+    def _health(self) -> Health:
+        """The SCP's load and the streams it lists; WARN for a minute after the SCP or the
+        archive logged a problem (a rejected or aborted association, an unreadable file)."""
+        streams = self.store.streams()
+        archive = self.store.archive
+        values: dict[str, object] = {"port": self.port, "live_streams": len(streams)}
+        for state in StreamState:
+            values[f"streams_{state.name.lower()}"] = sum(1 for s in streams
+                                                          if s.state == state)
+        values["archive_instances"] = len(archive.indexed()) if archive is not None else 0
+        values.update(self.scp.connection_counts())
+        values["problems"] = self._problems.count
+        values["last_error"] = self._problems.text
+        age = self._problems.age_s()
+        level = WARN if age is not None and age < PROBLEM_WINDOW_S else OK
+        message = f"serving {len(streams)} live stream(s), {values['archive_instances']} " \
+                  "archived instance(s)"
+        if level == WARN:
+            message += f"; {self._problems.text}"
+        return Health(level, message, values)
+
     def close(self) -> None:
+        self._problems.close()
         self.scp.stop()
         self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
-
-
-class _RosLogger:
-    """A stdlib logger whose records go to the node's rclpy logger (pynetdicom threads log
-    through it, so rejections show in the ROS log)."""
-
-    def __init__(self, node: Node) -> None:
-        self.logger = logging.getLogger(f"dicom_or_bridge.{id(node)}")
-        self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(_Handler(node))
-
-
-class _Handler(logging.Handler):
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self._log = node.get_logger()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            self._log.error(text)
-        elif record.levelno >= logging.WARNING:
-            self._log.warning(text)
-        else:
-            self._log.info(text)
 
 
 def main() -> None:

@@ -479,6 +479,17 @@ class BridgeScp:
         self.port = self._server.server_address[1]
         return self.port
 
+    def connection_counts(self) -> dict[str, int]:
+        """Associations and connections now, and the front end's counters of refusals and
+        aborts (for the node's diagnostics); empty before start and after stop."""
+        server = self._server
+        if server is None:
+            return {}
+        return {"associations": server.associations.in_use,
+                "associations_peak": server.associations.peak,
+                "pending_connections": server.pending.in_use,
+                "rejected_calling_ae": self.rejected, **dict(server.stats)}
+
     def stop(self) -> None:
         """Stop accepting, abort the associations, close the pending connections."""
         if self._server is not None:

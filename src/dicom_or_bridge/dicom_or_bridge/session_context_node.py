@@ -32,6 +32,7 @@ from dicom_or_core.model.uid import new_uid
 from dicom_or_core.scu import worklist as wl
 from dicom_or_msgs.msg import SessionContext as SessionContextMsg
 from dicom_or_ros.convert import to_msg
+from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_for
 from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos, overridable
@@ -57,6 +58,8 @@ class SessionContextNode(Node):
         self._lock = threading.Lock()
         self.current: ctx.SessionContext | None = None
         self.current_step: str | None = None
+        self.last_error = ""  # the worklist's last failure, for /diagnostics
+        diagnostics_for(self).add(NODE_ENTRY, self._health, hardware_id=self.source)
         if self.source == "worklist":
             self._declare_worklist()
             self.create_service(Trigger, "~/next_case", self._on_next_case)
@@ -128,6 +131,7 @@ class SessionContextNode(Node):
         try:
             return wl.query_worklist(self.peer, self.selection)
         except wl.WorklistUnavailable as exc:
+            self.last_error = f"worklist unavailable: {exc}"
             self.get_logger().warning(
                 f"worklist {self.peer.called_ae_title}@{self.peer.host}:{self.peer.port} "
                 f"unavailable: {exc}; retrying every {self.retry_period_s:g} s")
@@ -143,6 +147,7 @@ class SessionContextNode(Node):
             if items is None:
                 return
             if not items:
+                self.last_error = "worklist has no scheduled step for this OR"
                 self.get_logger().warning(
                     f"worklist has no scheduled step for station "
                     f"'{self.selection.station_ae_title}' location "
@@ -182,6 +187,20 @@ class SessionContextNode(Node):
                                 f"{self.current.patient.patient_name}"
                                 if response.success else "worklist item unusable")
         return response
+
+    def _health(self) -> Health:
+        """OK once a case is published; until then WARN (nothing is recorded without a
+        context), with the worklist's last failure."""
+        values = {"source": self.source, "last_error": self.last_error}
+        session = self.current
+        if session is None:
+            return Health(WARN, "no case yet" + (f": {self.last_error}" if self.last_error
+                                                 else ""), values)
+        values.update(study_instance_uid=session.study.study_instance_uid,
+                      patient_id=session.patient.patient_id,
+                      scheduled_procedure_step_id=session.scheduled_procedure_step_id)
+        return Health(OK, f"case published: study {session.study.study_instance_uid}",
+                      values)
 
     def publish(self, session: ctx.SessionContext) -> None:
         self.current = session

@@ -1,37 +1,48 @@
-"""or_status: a live, in-place status display of every stream on /or/device_status."""
+"""or_status: a live, in-place status display of every stream on /or/device_status, the
+recorder's status (dicom_or_msgs/RecorderStatus) and every /diagnostics entry that is not
+OK."""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
-from std_msgs.msg import String
 
-from dicom_or_bringup.status_view import StreamRow, render, summarize_recorder
-from dicom_or_msgs.msg import DeviceStatus
+from dicom_or_bringup.status_view import StreamRow, health_lines, render, summarize_recorder
+from dicom_or_msgs.msg import DeviceStatus, RecorderStatus
+from dicom_or_ros.diagnostics import DIAGNOSTICS_TOPIC
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos
 from dicom_or_ros.runtime import run_node
 
+# A /diagnostics entry not refreshed for this long is dropped from the display (its node
+# stopped; nodes report every second).
+HEALTH_MAX_AGE_S = 10.0
+
 
 class StatusMonitor(Node):
-    """Subscribes to device status and the recorder's status; redraws once per period."""
+    """Subscribes to device status, the recorder's status and /diagnostics; redraws once
+    per period."""
 
     def __init__(self) -> None:
         super().__init__("or_status")
         period = declare(self, "period_s", 1.0, "seconds between redraws",
                          check=lambda v: v > 0, rule="must be greater than 0")
         recorder_topic = declare(self, "recorder_status_topic", "/or/recorder/status",
-                                 "std_msgs/String topic with the recorder's one-line status")
+                                 "dicom_or_msgs/RecorderStatus topic of the recorder")
         self.rows: dict[str, StreamRow] = {}
         self.recorder_line = ""
+        self.health: dict[str, tuple[DiagnosticStatus, float]] = {}
         self._drawn = 0
         self._ticks = 0
         self.create_subscription(DeviceStatus, DEVICE_STATUS_TOPIC, self._on_status,
                                  named_qos("status"))
-        self.create_subscription(String, recorder_topic, self._on_recorder, 10)
+        self.create_subscription(RecorderStatus, recorder_topic, self._on_recorder,
+                                 named_qos("status"))
+        self.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
         self.create_timer(period, self.redraw)
 
     def _on_status(self, msg: DeviceStatus) -> None:
@@ -39,11 +50,19 @@ class StatusMonitor(Node):
                                                msg.samples_published, msg.message,
                                                time.monotonic())
 
-    def _on_recorder(self, msg: String) -> None:
-        self.recorder_line = summarize_recorder(msg.data)
+    def _on_recorder(self, msg: RecorderStatus) -> None:
+        self.recorder_line = summarize_recorder(msg)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        for status in msg.status:
+            self.health[status.name] = (status, now)
 
     def redraw(self) -> None:
-        lines = render(list(self.rows.values()), time.monotonic(), self.recorder_line)
+        now = time.monotonic()
+        current = [s for s, heard in self.health.values() if now - heard < HEALTH_MAX_AGE_S]
+        lines = render(list(self.rows.values()), now, self.recorder_line,
+                       health_lines(current))
         out = sys.stdout
         if out.isatty() and self._drawn:
             out.write(f"\x1b[{self._drawn}F\x1b[J")  # back to the table's first line

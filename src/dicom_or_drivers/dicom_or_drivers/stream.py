@@ -18,9 +18,16 @@ A *stream* is one sample topic = one DICOM Series. :class:`StreamPublisher`
   liveliness, SOURCE_LOST when the driver says so, STOPPED on shutdown; one message per
   change and one every ``status_period_s`` with the measured rate.
 
-Time base: acquisition and publication times are the host's system clock (``time.time_ns``,
-the clock ROS time uses without simulation), which is the session clock the Synchronization
-Module declares (PS3.3 C.7.4.2, Time Source HOST CLOCK).
+Time base: acquisition times (``SampleContext.acquisition_time``) are the host's system
+clock (``time.time_ns``), the session clock the Synchronization Module declares (PS3.3
+C.7.4.2, Time Source HOST CLOCK). Header stamps are the node's clock
+(``node.get_clock()``), so ``use_sim_time`` holds for ROS tools: without simulation it is
+the same system clock; with it, a capture is stamped at the simulated time it happened
+(:func:`capture_stamp`).
+
+Health: each stream is an entry of the node's ``/diagnostics`` (:mod:`dicom_or_ros.diagnostics`)
+named after its topic: its state as a level (STALE stays STALE, SOURCE_LOST is ERROR),
+measured rate, samples published, samples DDS refused.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 
 from builtin_interfaces.msg import Time
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import Clock
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 
@@ -43,6 +51,7 @@ from dicom_or_core.model.uid import new_stream_uuid, new_uid
 from dicom_or_drivers.pacing import RateMeter
 from dicom_or_msgs.msg import DeviceStatus, SessionContext, StreamDescriptor
 from dicom_or_ros.convert import from_msg, ns_to_time, to_msg
+from dicom_or_ros.diagnostics import Health, diagnostics_for, level_of_state
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, SESSION_CONTEXT_TOPIC, descriptor_topic
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos, overridable
@@ -58,6 +67,15 @@ STATE_NAMES = {STARTING: "STARTING", LIVE: "LIVE", STALE: "STALE",
 
 def _time(ns: int) -> Time:
     return ns_to_time(ns)
+
+
+def capture_stamp(clock: Clock | None, acquisition_ns: int) -> Time:
+    """A header stamp for a capture at ``acquisition_ns`` (host clock) on the node's clock:
+    the host time itself unless simulated time is active, then the simulated time the
+    capture happened at (now on the node's clock, less the capture's age)."""
+    if clock is None or not getattr(clock, "ros_time_is_active", False):
+        return _time(acquisition_ns)
+    return _time(max(0, clock.now().nanoseconds - (time.time_ns() - acquisition_ns)))
 
 
 class DriverParameters:
@@ -187,16 +205,26 @@ class SampleStamp:
     acquisition_ns: int
     frame_id: str
     series_start_ns: int
+    clock: Clock | None = field(default=None, compare=False)  # the node's: header stamps
 
     def fill(self, context_msg: Any, publish_ns: int | None = None) -> Any:
-        """Fill a ``dicom_or_msgs/SampleContext`` message."""
-        context_msg.header.stamp = _time(publish_ns if publish_ns is not None
-                                         else time.time_ns())
+        """Fill a ``dicom_or_msgs/SampleContext`` message; ``header.stamp`` is the
+        publication time on the node's clock (``publish_ns`` overrides)."""
+        if publish_ns is not None:
+            context_msg.header.stamp = _time(publish_ns)
+        elif self.clock is not None:
+            context_msg.header.stamp = self.clock.now().to_msg()
+        else:
+            context_msg.header.stamp = _time(time.time_ns())
         context_msg.header.frame_id = self.frame_id
         context_msg.series_instance_uid = self.series_instance_uid
         context_msg.sequence = self.sequence
         context_msg.acquisition_time = _time(self.acquisition_ns)
         return context_msg
+
+    def capture_stamp(self) -> Time:
+        """The capture's header stamp on the node's clock (see :func:`capture_stamp`)."""
+        return capture_stamp(self.clock, self.acquisition_ns)
 
 
 class StreamPublisher:
@@ -233,6 +261,10 @@ class StreamPublisher:
         self._publish_status()
         session.add_listener(self._on_session)
         self._timer = node.create_timer(params.status_period_s, self._periodic_status)
+        equipment = params.equipment
+        diagnostics_for(node).add(self.topic, self.health, hardware_id=" ".join(
+            v for v in (equipment.manufacturer, equipment.model_name,
+                        equipment.device_serial_number) if v) or self.topic)
 
     # --- Series life cycle -------------------------------------------------------------
 
@@ -288,7 +320,7 @@ class StreamPublisher:
     def _publish_descriptor(self, descriptor: ctx.StreamDescriptor) -> None:
         self.descriptor = descriptor
         msg = to_msg(descriptor)
-        msg.header.stamp = _time(time.time_ns())
+        msg.header.stamp = self._node.get_clock().now().to_msg()
         msg.header.frame_id = self.config.tf_frame_id
         self._descriptor_publisher.publish(msg)
 
@@ -308,7 +340,7 @@ class StreamPublisher:
             stamp = SampleStamp(self.descriptor.series_instance_uid, self.sequence,
                                 acquisition_ns if acquisition_ns is not None
                                 else time.time_ns(), self.config.tf_frame_id,
-                                self._series_start_ns)
+                                self._series_start_ns, self._node.get_clock())
             msg = build(stamp)
             if not self._safe_publish(self.publisher, msg):
                 if not self._closed:
@@ -353,6 +385,24 @@ class StreamPublisher:
             if self.state in (LIVE, STARTING):
                 self._set_state_locked(STALE, "liveliness lost")
 
+    def capture_stamp(self, acquisition_ns: int) -> Time:
+        """A header stamp on the node's clock for a capture at ``acquisition_ns``."""
+        return capture_stamp(self._node.get_clock(), acquisition_ns)
+
+    def health(self) -> Health:
+        """The stream's ``/diagnostics`` entry: its state as the level."""
+        with self._lock:
+            values = {"state": STATE_NAMES.get(self.state, str(self.state)),
+                      "rate_hz": round(self._rate, 2),
+                      "nominal_rate_hz": self.config.publish_rate_hz,
+                      "published": self.samples_published,
+                      "dropped": self.publish_failures,
+                      "series_instance_uid": self.descriptor.series_instance_uid
+                      if self.descriptor else "",
+                      "stream_uuid": self.stream_uuid}
+            return Health(level_of_state(self.state),
+                          f"{STATE_NAMES.get(self.state, self.state)}: {self.message}", values)
+
     def _periodic_status(self) -> None:
         with self._lock:
             self._rate = self._meter.take()
@@ -361,7 +411,7 @@ class StreamPublisher:
 
     def _publish_status(self) -> None:
         msg = DeviceStatus()
-        msg.header.stamp = _time(time.time_ns())
+        msg.header.stamp = self._node.get_clock().now().to_msg()
         msg.stream_uuid = self.stream_uuid
         msg.series_instance_uid = self.descriptor.series_instance_uid \
             if self.descriptor else ""

@@ -46,7 +46,6 @@ from dicom_or_drivers.stream import (
     StreamPublisher,
 )
 from dicom_or_msgs.msg import PoseSample
-from dicom_or_ros.convert import ns_to_time
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
@@ -152,7 +151,7 @@ class TrackerDriver(Node):
         self._last[pose.tool_id] = pose
         if pose.visible:  # CRTK: measured_cp is only published while measured
             stamped = PoseStamped()
-            stamped.header.stamp = sample.context.acquisition_time
+            stamped.header.stamp = self.stream.capture_stamp(acquisition_ns)
             stamped.header.frame_id = self.frame_id
             stamped.pose = sample.pose
             self._publish_view(self.pose_publishers[pose.tool_id], stamped)
@@ -164,7 +163,7 @@ class TrackerDriver(Node):
             if pose is None:
                 continue
             marker = Marker()
-            marker.header.stamp = ns_to_time(acquisition_ns)
+            marker.header.stamp = self.stream.capture_stamp(acquisition_ns)
             marker.header.frame_id = self.frame_id
             marker.ns, marker.id, marker.action = "tools", index, Marker.ADD
             p, q = marker.pose.position, marker.pose.orientation

@@ -30,7 +30,6 @@ from dicom_or_drivers.stream import (
 )
 from dicom_or_drivers.video_sources import SourceLost, make_source, parse_source
 from dicom_or_msgs.msg import ImageFrame
-from dicom_or_ros.convert import ns_to_time
 from dicom_or_ros.params import declare
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
@@ -151,7 +150,7 @@ class VideoDriver(Node):
         pixels = self.source.read(stamp.sequence, stamp.acquisition_ns)
         frame = ImageFrame()
         image = frame.image
-        image.header.stamp = ns_to_time(stamp.acquisition_ns)
+        image.header.stamp = stamp.capture_stamp()  # the capture, on the node's clock
         image.header.frame_id = self.frame_id
         image.height, image.width = self.height, self.width
         image.encoding = self.encoding

@@ -12,9 +12,14 @@ Interfaces:
 * ``~/control`` (dicom_or_msgs/srv/RecordControl): START / STOP / SNAPSHOT for listed Series
   or, with an empty list, every followed stream (START/STOP with an empty list also decide
   for streams found later). STOP and SNAPSHOT return the finalised SOP Instance UIDs.
-* ``~/status`` (std_msgs/String, JSON, profile "status", every ``status_period_s``): per
-  stream what is recording, frames / samples / acknowledged messages, lost messages from
-  sequence gaps, bytes journaled, instances; the spool's instance states and the PACS queue.
+* ``~/status`` (dicom_or_msgs/RecorderStatus, profile "status", every ``status_period_s``):
+  per stream what is recording, frames / samples / acknowledged messages, lost messages from
+  sequence gaps, bytes journaled, instances; the spool's instance states and the PACS queue
+  (:mod:`dicom_or_recorder.status`).
+* ``/diagnostics``: a ``node`` entry (PACS backlog and store state, disk free, recovery;
+  WARN when the disk is low, the PACS is unreachable or the backlog does not shrink) and
+  one entry per followed stream (received, lost, encoder queue depth, segments, last
+  error; STALE when a recording stream went silent, ERROR when it cannot be recorded).
 
 Video is subscribed BEST_EFFORT by default (drivers publish best effort, profile "video");
 ``video_reliable: true`` subscribes with "video_recording" for a driver switched to
@@ -34,7 +39,6 @@ finalised by a recovery thread beside new recording, which starts at once.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sys
@@ -50,13 +54,18 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from std_msgs.msg import String
 
 from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.scu.storage import PacsConfig, StorageSender
-from dicom_or_msgs.msg import ImageFrame, PoseSample, StreamDescriptor, WaveformChunk
+from dicom_or_msgs.msg import (
+    ImageFrame,
+    PoseSample,
+    RecorderStatus,
+    StreamDescriptor,
+    WaveformChunk,
+)
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_recorder.segments import (
     VIDEO_MODES,
@@ -68,8 +77,19 @@ from dicom_or_recorder.segments import (
     finalise_journal,
     recorder_for,
 )
+from dicom_or_recorder.status import status_message
 from dicom_or_recorder.video_queue import VideoEncoderQueue
 from dicom_or_ros.convert import from_msg, time_to_ns
+from dicom_or_ros.diagnostics import (
+    ERROR,
+    NODE_ENTRY,
+    OK,
+    STALE,
+    WARN,
+    Health,
+    diagnostics_for,
+    worst,
+)
 from dicom_or_ros.graph import (
     IMAGE_FRAME_TYPE,
     POSE_SAMPLE_TYPE,
@@ -89,6 +109,10 @@ PROFILE_OF_KIND = {"video": "video", "pose": "pose", "waveform": "waveform"}
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 # Samples taken per wake-up of a stream's thread before it checks for shutdown again.
 MAX_TAKEN_PER_WAKE = 1000
+# /diagnostics: a recording stream silent this long is STALE; a PACS backlog that has not
+# shrunk for this long is WARN (instances are waiting, not just being sent).
+SILENT_STALE_S = 5.0
+BACKLOG_STUCK_S = 60.0
 
 
 def _compatible(profile: QoSProfile) -> QoSProfile:
@@ -264,8 +288,14 @@ class RecorderNode(Node):
         self._lock = threading.Lock()
         self._closed = False
         self._control_group = MutuallyExclusiveCallbackGroup()
-        self._status_pub = self.create_publisher(String, "~/status", named_qos("status"),
+        self._status_pub = self.create_publisher(RecorderStatus, "~/status",
+                                                 named_qos("status"),
                                                  qos_overriding_options=overridable())
+        self._last_status: dict[str, Any] | None = None
+        self._backlog = (0, time.monotonic())  # PACS queue, when it last shrank or was 0
+        self._stream_errors: dict[str, int] = {}  # errors per topic at the last report
+        diagnostics_for(self).add(NODE_ENTRY, self._node_health,
+                                  hardware_id=str(self.spool.root))
         self.create_service(RecordControl, "~/control", self._on_control,
                             callback_group=self._control_group)
         self.create_timer(self.discovery_period_s, self._discover,
@@ -329,6 +359,8 @@ class RecorderNode(Node):
                 named_qos("descriptor"), callback_group=followed.group)
             with self._lock:
                 self._followed[topic.topic] = followed
+            diagnostics_for(self).add(topic.topic, lambda t=topic.topic: self._stream_health(t),
+                                      hardware_id=topic.topic)
             self.get_logger().info(f"following {topic.topic} ({followed.kind})")
 
     def _should_record(self, series_uid: str) -> bool:
@@ -647,13 +679,94 @@ class RecorderNode(Node):
         if self.retention_days > 0:
             safe = (COMMITTED,) if self.sender.config.storage_commitment else (STORED,)
             self.spool.apply_retention(self.retention_days * 86400.0, safe)
-        status = self.status()
+        status = self._last_status = self.status()
         if status["disk"].get("low"):
             self.get_logger().warning(
                 f"only {status['disk']['free_mib']} MiB free under {self.spool.root} "
                 f"(disk_warn_free_mib {self.disk_warn_free_mib}): recording stops when it "
                 "is full", throttle_duration_sec=60.0)
-        self._status_pub.publish(String(data=json.dumps(status)))
+        self._status_pub.publish(status_message(status, self.get_clock().now().to_msg()))
+
+    # -- diagnostics ---------------------------------------------------------------------
+
+    def _current_status(self) -> dict[str, Any]:
+        """The status of the last report (the diagnostics run at the same period; the
+        spool query and disk check are not repeated for them)."""
+        return self._last_status if self._last_status is not None else self.status()
+
+    def _node_health(self) -> Health:
+        status = self._current_status()
+        pacs, disk, counts = status["pacs"], status["disk"], status["instances"]
+        values: dict[str, Any] = {"recordings_dir": status["recordings_dir"],
+                                  "disk_free_mib": disk.get("free_mib"),
+                                  "pacs_enabled": pacs["enabled"],
+                                  "pacs_backlog": pacs["queue"],
+                                  "pacs_reachable": pacs["reachable"],
+                                  "pacs_stored": pacs["stored"],
+                                  "pacs_committed": pacs["committed"],
+                                  "pacs_failed": pacs["failed"],
+                                  "pacs_retries": pacs["retries"],
+                                  "instances_final": counts[FINAL],
+                                  "recovery_pending": status["recovery"]["pending"],
+                                  "streams": len(status["streams"]),
+                                  "last_error": pacs["last_error"]}
+        store = "local only" if not pacs["enabled"] else \
+            {None: "not contacted yet", True: "reachable", False: "unreachable"}[
+                pacs["reachable"]]
+        values["store_state"] = store
+        problems: list[tuple[int, str]] = []
+        if "error" in disk:
+            problems.append((ERROR, f"recordings folder: {disk['error']}"))
+        elif disk.get("low"):
+            problems.append((WARN, f"disk low: {disk['free_mib']} MiB free"))
+        if pacs["enabled"]:
+            queue, since = self._backlog
+            now = time.monotonic()
+            if pacs["queue"] == 0 or pacs["queue"] < queue:
+                self._backlog = (pacs["queue"], now)
+            elif pacs["queue"] > queue:
+                self._backlog = (pacs["queue"], since)
+            stuck_s = now - self._backlog[1]
+            if pacs["reachable"] is False:
+                problems.append((WARN, f"PACS unreachable, backlog {pacs['queue']}"))
+            elif pacs["queue"] and stuck_s >= BACKLOG_STUCK_S:
+                problems.append((WARN, f"PACS backlog {pacs['queue']} not shrinking for "
+                                       f"{stuck_s:.0f} s"))
+            if pacs["failed"]:
+                problems.append((WARN, f"{pacs['failed']} instance(s) refused by the PACS"))
+        if problems:
+            return Health(worst(*(level for level, _ in problems)),
+                          "; ".join(text for _, text in problems), values)
+        return Health(OK, f"recording {sum(1 for s in status['streams'] if s['recording'])}"
+                          f"/{len(status['streams'])} stream(s), PACS {store}", values)
+
+    def _stream_health(self, topic: str) -> Health:
+        entry = next((s for s in self._current_status()["streams"] if s["topic"] == topic),
+                     None)
+        if entry is None:
+            return Health(OK, "following", {})
+        values = {k: entry.get(k) for k in (
+            "kind", "recording", "series_instance_uid", "acknowledged", "samples",
+            "lost_messages", "instances", "finalising", "errors", "silent_s", "last_error")
+            if k in entry}
+        values["queue_depth"] = entry.get("queued", 0)
+        values["dropped_backpressure"] = entry.get("dropped_backpressure", 0)
+        errors = entry.get("errors", 0)
+        new_errors = errors - self._stream_errors.get(topic, 0)
+        self._stream_errors[topic] = errors
+        if "refused" in entry:
+            return Health(ERROR, f"not recordable: {entry['refused']}", values)
+        if "waiting_for" in entry:
+            return Health(OK, "waiting for the stream's descriptor", values)
+        silent = entry.get("silent_s")
+        if entry["recording"] and (silent is None or silent >= SILENT_STALE_S):
+            return Health(STALE, "no sample yet" if silent is None
+                          else f"no sample for {silent:.0f} s", values)
+        if new_errors > 0:
+            return Health(WARN, f"{new_errors} sample(s) refused: {entry.get('last_error')}",
+                          values)
+        return Health(OK, "recording" if entry["recording"] else "following, not recording",
+                      values)
 
     # -- shutdown ------------------------------------------------------------------------
 

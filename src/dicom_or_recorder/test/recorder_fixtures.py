@@ -4,16 +4,21 @@ recorder tests publish the contract messages themselves."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rclpy.node import Node
-from std_msgs.msg import String
 
 from dicom_or_core.model import context as ctx
-from dicom_or_msgs.msg import ImageFrame, PoseSample, StreamDescriptor, WaveformChunk
+from dicom_or_msgs.msg import (
+    ImageFrame,
+    PoseSample,
+    RecorderStatus,
+    StreamDescriptor,
+    WaveformChunk,
+)
+from dicom_or_recorder.status import status_dict
 from dicom_or_ros.convert import ns_to_time, to_msg
 from dicom_or_ros.graph import descriptor_topic
 from dicom_or_ros.qos import named_qos
@@ -49,12 +54,14 @@ class StreamPublisher(Node):
             profile = video_profile if d.kind == ctx.KIND_VIDEO else _PROFILES[d.kind]
             self.samples[key] = self.create_publisher(
                 _SAMPLE_TYPES[d.kind], d.topic, named_qos(profile, d.nominal_rate_hz))
-        self.status: dict[str, Any] | None = None
-        self.create_subscription(String, "/recorder/status", self._on_status,
+        self.status: dict[str, Any] | None = None   # the last RecorderStatus, as a dict
+        self.status_msg: RecorderStatus | None = None
+        self.create_subscription(RecorderStatus, "/recorder/status", self._on_status,
                                  named_qos("status"))
 
-    def _on_status(self, msg: String) -> None:
-        self.status = json.loads(msg.data)
+    def _on_status(self, msg: RecorderStatus) -> None:
+        self.status_msg = msg
+        self.status = status_dict(msg)
 
     def subscribed(self) -> bool:
         """Every sample topic has a subscriber (the recorder got the descriptors)."""

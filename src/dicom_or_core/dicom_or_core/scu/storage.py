@@ -226,8 +226,13 @@ class StorageSender:
             rows = [r for r in rows if self.spool.get(r.sop_instance_uid).state != FAILED]
         if assoc is None or not assoc.is_established:
             self._defer_all(rows, "association failed: PACS unreachable or refused")
+            if self.stats.pacs_reachable is not False:  # once per outage, not per retry
+                log.warning("PACS %s unreachable or refusing associations: %d instance(s) "
+                            "wait, retrying with backoff", self._peer(), len(rows))
             self.stats.pacs_reachable = False
             return bool(rows)
+        if self.stats.pacs_reachable is not True:
+            log.info("associated with PACS %s", self._peer())
         self.stats.pacs_reachable = True
         stored = []
         try:
@@ -243,6 +248,9 @@ class StorageSender:
                                      self.spool.get(r.sop_instance_uid).state != STORED],
                                     "association lost during C-STORE")
                     break
+            if stored:
+                log.info("stored %d instance(s) in PACS %s (%d so far)", len(stored),
+                         self._peer(), self.stats.stored)
             if self.config.storage_commitment and assoc.is_established:
                 self._request_commitment(assoc, stored + waiting)
         finally:
@@ -250,6 +258,9 @@ class StorageSender:
                 assoc.release()
         self._on_change()
         return True
+
+    def _peer(self) -> str:
+        return f"{self.config.ae_title}@{self.config.host}:{self.config.port}"
 
     def _associate(self, files: Iterable[StoredFile]):
         ae = self._ae
@@ -299,6 +310,7 @@ class StorageSender:
         self.spool.mark_failed(row.sop_instance_uid, message)
         self.stats.failed += 1
         self.stats.last_error = message
+        log.error("instance %s refused by the PACS: %s", row.sop_instance_uid, message)
         return "failed"
 
     def _refuse(self, row: InstanceRow, file: StoredFile) -> None:
@@ -309,6 +321,7 @@ class StorageSender:
         self.spool.mark_failed(row.sop_instance_uid, message)
         self.stats.failed += 1
         self.stats.last_error = message
+        log.error("instance %s refused by the PACS: %s", row.sop_instance_uid, message)
 
     def _next_attempt(self, row: InstanceRow) -> float:
         delay = min(self.config.max_backoff_s,
@@ -349,6 +362,7 @@ class StorageSender:
             code = int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
             self.stats.last_error = f"Storage Commitment N-ACTION refused (0x{code:04X}); " \
                 "set storage_commitment false if the PACS does not support it"
+            log.warning("%s", self.stats.last_error)
             return
         # A PACS may answer on this association (wait briefly for it); one that opens its
         # own association (Orthanc) answers on the listener, applied at the next round.
@@ -380,11 +394,17 @@ class StorageSender:
             reports, self._reports = self._reports, {}
         for transaction, report in reports.items():
             self._pending.pop(transaction, None)
-            for item in report.get("ReferencedSOPSequence", []):
+            committed = report.get("ReferencedSOPSequence", [])
+            for item in committed:
                 self.spool.mark_committed(item.ReferencedSOPInstanceUID)
                 self.stats.committed += 1
+            if committed:
+                log.info("PACS committed %d instance(s) (%d so far)", len(committed),
+                         self.stats.committed)
             for item in report.get("FailedSOPSequence", []):
                 reason = int(item.get("FailureReason", 0))
+                log.warning("PACS did not commit %s (reason 0x%04X): sending it again",
+                            item.ReferencedSOPInstanceUID, reason)
                 self.spool.reset_to_final(item.ReferencedSOPInstanceUID,
                                           f"commitment failed, reason 0x{reason:04X}")
         if reports:
