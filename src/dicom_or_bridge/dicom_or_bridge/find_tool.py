@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
+from pynetdicom.association import Association
 
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.ros2_uri import Ros2Uri, parse
@@ -41,6 +42,8 @@ class FindError(Exception):
 
 @dataclass
 class Peer:
+    """The bridge to ask: address, AE titles, timeout and the TLS CA (empty: plain TCP)."""
+
     host: str = "127.0.0.1"
     port: int = 11112
     called_ae_title: str = "DICOM_OR"
@@ -49,13 +52,16 @@ class Peer:
     tls_ca: str = ""
 
 
-def _c_find(assoc: object, identifier: Dataset) -> list[Dataset]:
+def _c_find(assoc: Association, identifier: Dataset) -> list[Dataset]:
+    """The identifiers of every pending C-FIND response, or FindError on a failure status."""
     answers = []
     for status, answer in assoc.send_c_find(identifier, FIND):
         if not status:
             raise FindError("no C-FIND response (timeout or abort)")
         code = int(status.Status)
         if code in (0xFF00, 0xFF01):
+            if answer is None:   # a pending response always carries one (PS3.4 C.4.1.1.3)
+                raise FindError("pending C-FIND response without an identifier")
             answers.append(answer)
         elif code != 0:
             raise FindError(f"C-FIND failed: status 0x{code:04X} "
@@ -104,6 +110,7 @@ def _cell(ds: Dataset, keyword: str) -> str:
 
 
 def rate_and_geometry(ds: Dataset) -> str:
+    """Rate or geometry column: "WxH @ N fps" for video, "N ch @ F Hz" for waveforms."""
     if _cell(ds, "Rows"):
         return f"{_cell(ds, 'Columns')}x{_cell(ds, 'Rows')} @ " \
                f"{_cell(ds, 'RecommendedDisplayFrameRate')} fps"
@@ -177,6 +184,7 @@ def measure_rate(uri: Ros2Uri, duration_s: float,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run dicom_or_find: C-FIND Series into a table, then optionally subscribe to one row."""
     parser = argparse.ArgumentParser(prog="dicom_or_find", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11112)

@@ -20,7 +20,7 @@ def _nodes(context, graph_name):
              for arg in graph.arguments(graph_name)}
     actions = []
     for spec in graph.resolve(graph_name, given):
-        parameters = list(spec.parameter_files)
+        parameters: list[str | dict[str, str]] = list(spec.parameter_files)
         if spec.overrides:
             parameters.append(dict(spec.overrides))
         actions.append(Node(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -180,7 +181,9 @@ def read_instance(path: Path, *, open_file: FileOpener | None = None) -> Archive
     header = Dataset()
     for tag in list(full.keys()):
         raw = full.get_item(tag, keep_deferred=True)
-        if tag.is_private or raw is None or (raw.value is None and raw.length > DEFER_BYTES):
+        deferred = isinstance(raw, RawDataElement) and raw.value is None \
+            and raw.length > DEFER_BYTES
+        if tag.is_private or raw is None or deferred:
             continue  # private, or deferred bulk (never read: the file is closed)
         header[tag] = full[tag]
     if not header.get("SOPInstanceUID"):

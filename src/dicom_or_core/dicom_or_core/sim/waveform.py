@@ -88,6 +88,7 @@ class ChannelGroup:
     description: str = ""
 
     def channels(self) -> list[WaveformChannel]:
+        """Fresh copies of the group's channel definitions, in label order."""
         return [replace(CHANNELS[label]) for label in self.labels]
 
 
@@ -134,8 +135,14 @@ class PatientModel:
     rsa_fraction: float = 0.04
     jitter_s: float = 0.01
     _beats: list[float] = field(default_factory=list, repr=False)
+    # Caches, not parameters: the beats as an array, and the jitter's generator (seeded with
+    # the first beat).
+    _beats_array: np.ndarray | None = field(default=None, init=False, repr=False,
+                                            compare=False)
+    _rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
     def validate(self) -> PatientModel:
+        """Self, or DicomOrError naming the vital sign outside its physiological range."""
         for name, low, high in (("heart_rate_bpm", 20, 250), ("respiration_rate_bpm", 4, 60),
                                 ("systolic_mmhg", 40, 300), ("diastolic_mmhg", 10, 200)):
             value = getattr(self, name)
@@ -165,9 +172,9 @@ class PatientModel:
     def _beat_index(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each time: (previous R time, RR of that beat, next R time)."""
         self._extend_beats(float(t.max()) if t.size else 0.0)
-        if getattr(self, "_beats_array", None) is None:  # rebuilt only when beats were added
-            self._beats_array = np.asarray(self._beats)
         beats = self._beats_array
+        if beats is None:  # rebuilt only when beats were added
+            beats = self._beats_array = np.asarray(self._beats)
         k = np.searchsorted(beats, t, side="right") - 1
         k = np.clip(k, 0, beats.size - 2)
         return beats[k], beats[k + 1] - beats[k], beats[k + 1]
@@ -243,6 +250,7 @@ class WaveformSimulator:
 
     @property
     def sampling_hz(self) -> float:
+        """Samples per second of every channel of the group."""
         return self.group.sampling_hz
 
     def samples(self, first_index: int, count: int) -> np.ndarray:
@@ -252,7 +260,8 @@ class WaveformSimulator:
         """
         t = (first_index + np.arange(count, dtype=np.float64)) / self.group.sampling_hz
         p = self.patient
-        lead_i = lead_iii = None
+        # Every limb lead derives from I and III; other groups never read them.
+        lead_i = lead_iii = np.zeros(0, np.int16)
         if {"I", "II", "III", "aVR", "aVL", "aVF"} & set(self.group.labels):
             lead_i = _digital(p.ecg_mv("I", t) * 1000.0, CHANNELS["I"])
             lead_iii = _digital(p.ecg_mv("III", t) * 1000.0, CHANNELS["III"])
