@@ -8,4 +8,5 @@ from dicom_or_bringup.launch_support import graph_launch_description
 
 
 def generate_launch_description():
+    """The entry point `ros2 launch` calls."""
     return graph_launch_description("recorder")

@@ -1,3 +1,5 @@
+"""ament_python packaging of dicom_or_bridge: modules, data files and console scripts."""
+
 import os
 from glob import glob
 

@@ -1,3 +1,5 @@
+"""ament_python packaging of dicom_or_drivers: modules, data files and console scripts."""
+
 from setuptools import find_packages, setup
 
 package_name = 'dicom_or_drivers'

@@ -1,3 +1,5 @@
+"""pytest set-up of the bridge tests: their helper modules import by name."""
+
 import sys
 from pathlib import Path
 

@@ -83,6 +83,7 @@ class IgtlClient:
         self._lock = threading.Lock()
 
     def connect(self) -> None:
+        """Connect to the OpenIGTLink server; IgtlConnectionError naming it on failure."""
         try:
             sock = socket.create_connection((self.host, self.port),
                                             timeout=self.connect_timeout_s)
@@ -95,6 +96,7 @@ class IgtlClient:
             self._socket = sock
 
     def close(self) -> None:
+        """Close the connection; safe to call twice, also from another thread."""
         with self._lock:
             sock, self._socket = self._socket, None
         if sock is not None:

@@ -70,11 +70,13 @@ class Backoff:
         self._next = initial_s
 
     def next_delay(self) -> float:
+        """The delay before the next attempt; doubles the one after, up to the maximum."""
         delay = self._next
         self._next = min(self._next * 2, self.maximum_s)
         return delay
 
     def reset(self) -> None:
+        """Back to the initial delay (after a success)."""
         self._next = self.initial_s
 
 
@@ -87,6 +89,7 @@ class RateMeter:
         self._count = 0
 
     def add(self, count: int = 1) -> None:
+        """Count ``count`` more samples in the current window."""
         self._count += count
 
     def take(self) -> float:

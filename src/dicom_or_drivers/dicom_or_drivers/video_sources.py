@@ -82,12 +82,15 @@ class VideoSource:
     stamps_pixels = False
 
     def open(self) -> None:  # pragma: no cover - trivial
+        """Acquire the device or file; SourceLost when it cannot be opened."""
         pass
 
     def read(self, sequence: int, time_ns: int) -> np.ndarray:
+        """The next frame (rows x columns [x 3] uint8); SourceLost when the source is gone."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Release the device or file; safe to call twice."""
         pass
 
 
@@ -100,6 +103,7 @@ class Pattern(VideoSource):
         self._pattern = PatternSource(width, height, encoding)
 
     def read(self, sequence: int, time_ns: int) -> np.ndarray:
+        """The pattern frame of ``sequence``, its time and number drawn into the pixels."""
         return self._pattern.frame(sequence, time_ns)
 
 
@@ -126,6 +130,7 @@ class CaptureSource(VideoSource):
         return self.spec.location
 
     def open(self) -> None:
+        """(Re)open the capture; SourceLost for a missing file or a device that will not open."""
         self.close()
         if self.spec.kind == "file" and not Path(self.spec.location).is_file():
             raise SourceLost(f"video file {self.spec.location} disappeared")
@@ -144,6 +149,7 @@ class CaptureSource(VideoSource):
         self.ended = False
 
     def read(self, sequence: int, time_ns: int) -> np.ndarray:
+        """The next captured frame converted to the stream's geometry and encoding."""
         if self._capture is None:
             raise SourceLost(f"{self.spec.kind} {self.spec.location} is not open")
         try:
@@ -165,6 +171,7 @@ class CaptureSource(VideoSource):
         return frame
 
     def close(self) -> None:
+        """Release the capture; safe to call twice."""
         if self._capture is not None:
             self._capture.release()
             self._capture = None
@@ -172,6 +179,7 @@ class CaptureSource(VideoSource):
 
 def make_source(spec: SourceSpec, width: int, height: int, encoding: str, fps: float,
                 loop: bool, stamp_pixels: bool) -> VideoSource:
+    """The source ``spec`` names: the synthetic pattern, or an OpenCV capture."""
     if spec.kind == "pattern":
         return Pattern(width, height, encoding)
     return CaptureSource(spec, width, height, encoding, fps, loop, stamp_pixels)

@@ -135,6 +135,7 @@ class RecorderOptions:
     max_clock_skew_s: float = 30.0
 
     def validate(self) -> RecorderOptions:
+        """Self, or DicomOrError naming the first option outside its allowed range."""
         if not 1.0 <= self.max_segment_s <= 3600.0:
             raise DicomOrError("max_segment_s", "must be 1..3600 seconds", self.max_segment_s)
         if not 1 << 20 <= self.max_segment_bytes <= 4 * GIB - 2:
@@ -442,7 +443,6 @@ class VideoRecorder(StreamRecorder):
         ``dropped_before``: frames the caller dropped (and counted) just before this one,
         which are therefore not counted again as lost messages; their time stays a gap."""
         self.check_frame(image)
-        d = self.descriptor
         verdict = self._admit(stamp_ns, sequence, self._last_stamp, dropped_before)
         if verdict == DROP:
             return []
@@ -453,43 +453,16 @@ class VideoRecorder(StreamRecorder):
         if not self._disk_ready():
             return []
         done = []
-        if self.journal is not None and (
-                verdict == NEW_SEGMENT
-                or self._segment_full(stamp_ns - self._first_ns)
-                or self._vector_bytes + 2 * (_DS_MAX_CHARS + 1) > FRAME_TIME_VECTOR_MAX_BYTES
-                or (self.lossless and (self._segment_frames + 1) * self._frame_bytes
-                    > MAX_NATIVE_PIXEL_BYTES)):
+        if self.journal is not None and (verdict == NEW_SEGMENT
+                                         or self._segment_cannot_take(stamp_ns)):
             done = self.close_segment(wait=False)
         if self.journal is None:
-            self._first_ns = stamp_ns
-            self._segment_frames = 0
-            self._stamps = []
-            self._vector_bytes = 0
-            extra: dict[str, Any] = {"first_ns": stamp_ns, "mode": self.options.video_mode}
-            journal = self._open(extra)
-            if not self.lossless:
-                assert self.choice is not None
-                self._encoder = self.encoder_factory(self.choice, d.rows, d.columns,
-                                                     d.pixel_encoding, d.nominal_rate_hz,
-                                                     self.options.video_quality,
-                                                     self.options.video_preset)
-                self._muxer = TsMuxer(journal.directory / (TS_FILE + ".partial"),
-                                      self.choice, d.rows, d.columns, d.nominal_rate_hz)
+            self._open_segment(stamp_ns)
         if self.choice is not None and self.choice.name == "mpeg2" and self._segment_frames:
-            # MPEG-2 has a fixed frame grid (PS3.5 8.2.5): snap to the nearest slot and
-            # fill the slots of dropped frames with the previous picture.
-            period = 1e9 / self.descriptor.nominal_rate_hz
-            slot = round((stamp_ns - self._first_ns) / period)
-            if slot < self._segment_frames:
-                self.stats.out_of_order += 1
+            snapped = self._fill_mpeg2_grid(stamp_ns, sequence)
+            if snapped is None:
                 return done
-            previous = self.latest_before
-            while self._segment_frames < slot:
-                self._encode(previous, self._first_ns + round(self._segment_frames * period),
-                             sequence)
-                self.stats.extra["repeated_frames"] = \
-                    self.stats.extra.get("repeated_frames", 0) + 1
-            stamp_ns = self._first_ns + round(slot * period)
+            stamp_ns = snapped
         self._last_stamp = stamp_ns
         self.latest_before = image
         if self.lossless:
@@ -501,6 +474,50 @@ class VideoRecorder(StreamRecorder):
             self._encode(image, stamp_ns, sequence)
         self.stats.samples += 1
         return done
+
+    def _segment_cannot_take(self, stamp_ns: int) -> bool:
+        """The open segment is full: by duration, by the Frame Time Vector's length, or (for
+        native pixels) by the pixel data size one instance can hold."""
+        return (self._segment_full(stamp_ns - self._first_ns)
+                or self._vector_bytes + 2 * (_DS_MAX_CHARS + 1) > FRAME_TIME_VECTOR_MAX_BYTES
+                or (self.lossless and (self._segment_frames + 1) * self._frame_bytes
+                    > MAX_NATIVE_PIXEL_BYTES))
+
+    def _open_segment(self, stamp_ns: int) -> None:
+        """Start a segment at ``stamp_ns``: its journal, and the encoder and muxer when lossy."""
+        d = self.descriptor
+        self._first_ns = stamp_ns
+        self._segment_frames = 0
+        self._stamps = []
+        self._vector_bytes = 0
+        extra: dict[str, Any] = {"first_ns": stamp_ns, "mode": self.options.video_mode}
+        journal = self._open(extra)
+        if not self.lossless:
+            assert self.choice is not None
+            self._encoder = self.encoder_factory(self.choice, d.rows, d.columns,
+                                                 d.pixel_encoding, d.nominal_rate_hz,
+                                                 self.options.video_quality,
+                                                 self.options.video_preset)
+            self._muxer = TsMuxer(journal.directory / (TS_FILE + ".partial"),
+                                  self.choice, d.rows, d.columns, d.nominal_rate_hz)
+
+    def _fill_mpeg2_grid(self, stamp_ns: int, sequence: int) -> int | None:
+        """MPEG-2 has a fixed frame grid (PS3.5 8.2.5): the frame's time snapped to the nearest
+        slot, after filling the slots of dropped frames with the previous picture; None when
+        that slot is already taken (counted out of order)."""
+        period = 1e9 / self.descriptor.nominal_rate_hz
+        slot = round((stamp_ns - self._first_ns) / period)
+        if slot < self._segment_frames:
+            self.stats.out_of_order += 1
+            return None
+        previous = self.latest_before
+        assert previous is not None  # the segment has frames, so a picture came before
+        while self._segment_frames < slot:
+            self._encode(previous, self._first_ns + round(self._segment_frames * period),
+                         sequence)
+            self.stats.extra["repeated_frames"] = \
+                self.stats.extra.get("repeated_frames", 0) + 1
+        return self._first_ns + round(slot * period)
 
     def _encode(self, image: np.ndarray, stamp_ns: int, sequence: int) -> None:
         assert self._encoder is not None
@@ -612,21 +629,9 @@ class WaveformRecorder(StreamRecorder):
             raise DicomOrError("first_sample_index", "must be 0..2^53", first_sample_index)
         self._check_time(first_sample_ns)
         fs = self.descriptor.sampling_frequency_hz
-        restart = False
-        if self.journal is not None:
-            # Where the next sample was due, in time: the index must agree with it.
-            due_ns = self._next_ns
-            if first_sample_index < self._next_index:
-                if first_sample_ns <= due_ns - 0.5e9:
-                    self.stats.out_of_order += 1  # a duplicate or reordered chunk
-                    return []
-                self._count("index_resets")  # the device restarted its sample count
-                restart = True
-            elif first_sample_index > self._next_index:
-                gap = first_sample_index - self._next_index
-                if gap > max(0.0, (first_sample_ns - due_ns) / 1e9) * fs + fs:
-                    raise DicomOrError("first_sample_index", f"jumps {gap} samples ahead, "
-                                       "more than its time allows", first_sample_index)
+        restart = self._index_restart(first_sample_index, first_sample_ns)
+        if restart is None:
+            return []
         verdict = self._admit(first_sample_ns, sequence, -1)
         if verdict == DROP or not self._disk_ready(samples.shape[0]):
             return []
@@ -648,6 +653,40 @@ class WaveformRecorder(StreamRecorder):
         self._segment_samples += samples.shape[0]
         self.stats.samples += samples.shape[0]
         return done
+
+
+    def _index_restart(self, first_sample_index: int, first_sample_ns: int) -> bool | None:
+        """Hold a chunk's sample index against the time the next sample was due: True when
+        the device restarted its count, None for a duplicate or reordered chunk (counted out
+        of order), False otherwise; a jump ahead its time does not allow is refused."""
+        if self.journal is None:
+            return False
+        due_ns = self._next_ns
+        if first_sample_index < self._next_index:
+            if first_sample_ns <= due_ns - 0.5e9:
+                self.stats.out_of_order += 1
+                return None
+            self._count("index_resets")
+            return True
+        gap = first_sample_index - self._next_index
+        fs = self.descriptor.sampling_frequency_hz
+        if gap > max(0.0, (first_sample_ns - due_ns) / 1e9) * fs + fs:
+            raise DicomOrError("first_sample_index", f"jumps {gap} samples ahead, "
+                               "more than its time allows", first_sample_index)
+        return False
+
+
+def _check_pose(position: tuple[float, float, float],
+                quaternion_xyzw: tuple[float, float, float, float]) -> None:
+    """A pose an SR file holds faithfully (float32 GraphicData, PS3.3 C.18.9): a finite
+    position within MAX_POSITION_M, a finite non-zero quaternion; else DicomOrError."""
+    if not all(math.isfinite(v) and abs(v) <= MAX_POSITION_M for v in position):
+        raise DicomOrError("pose.position", f"must be finite and within "
+                           f"{MAX_POSITION_M:g} m", position)
+    norm = math.fsum(v * v for v in quaternion_xyzw)
+    if not math.isfinite(norm) or not 1e-12 < norm < 1e12:
+        raise DicomOrError("pose.orientation", "must be a finite, non-zero "
+                           "quaternion", quaternion_xyzw)
 
 
 class PoseRecorder(StreamRecorder):
@@ -673,14 +712,8 @@ class PoseRecorder(StreamRecorder):
             raise DicomOrError("tool_id", "is not one of the descriptor's tool_ids", tool_id)
         if visible:
             # In the door's order: values a file could not hold faithfully are refused
-            # before they can change the stream's state (float32 GraphicData, PS3.3 C.18.9).
-            if not all(math.isfinite(v) and abs(v) <= MAX_POSITION_M for v in position):
-                raise DicomOrError("pose.position", f"must be finite and within "
-                                   f"{MAX_POSITION_M:g} m", position)
-            norm = math.fsum(v * v for v in quaternion_xyzw)
-            if not math.isfinite(norm) or not 1e-12 < norm < 1e12:
-                raise DicomOrError("pose.orientation", "must be a finite, non-zero "
-                                   "quaternion", quaternion_xyzw)
+            # before they can change the stream's state.
+            _check_pose(position, quaternion_xyzw)
         last_stamp = self._last_stamp.get(tool_id, -1)
         verdict = self._admit(stamp_ns, sequence, last_stamp)
         if verdict == DROP:
@@ -694,11 +727,8 @@ class PoseRecorder(StreamRecorder):
         if not self._disk_ready():
             return []
         done = []
-        limit = self.options.max_poses_per_instance
-        if self.journal is not None and (
-                verdict == NEW_SEGMENT
-                or self._segment_full(stamp_ns - self._first_ns)
-                or (limit and self._segment_poses >= limit)):
+        if self.journal is not None and (verdict == NEW_SEGMENT
+                                         or self._segment_cannot_take(stamp_ns)):
             done = self.close_segment(wait=False)
         if self.journal is None:
             self._first_ns = stamp_ns
@@ -718,6 +748,12 @@ class PoseRecorder(StreamRecorder):
                 stamp_ns - self._batch_first_ns >= POSE_BATCH_S * 1e9:
             self._flush_batch()
         return done
+
+    def _segment_cannot_take(self, stamp_ns: int) -> bool:
+        """The open instance is full: by duration or size, or by the poses one may hold."""
+        limit = self.options.max_poses_per_instance
+        return self._segment_full(stamp_ns - self._first_ns) or bool(
+            limit and self._segment_poses >= limit)
 
     def _flush_batch(self) -> None:
         """Journal the poses taken since the last batch: one record, one write. A batch
@@ -781,7 +817,7 @@ def finalise_journal(journal: Journal,
             t0, _, _, channels = _WAVE_REC.unpack_from(r)
             first_ns = t0 if first_ns is None else first_ns
             blocks.append(np.frombuffer(r, "<i2", offset=_WAVE_REC.size).reshape(-1, channels))
-        if not blocks:
+        if first_ns is None:  # no chunk reached the journal
             return None
         return PendingInstance(build_waveform(descriptor, np.concatenate(blocks).astype(
             np.int16), first_ns, sop, number, created))

@@ -68,7 +68,7 @@ MAX_RECORD = 1 << 30
 
 
 def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or a new entry in it survives a power loss."""
+    """Flush (fsync) a directory so a rename or a new entry in it survives a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -134,6 +134,7 @@ class Journal:
 
     @property
     def segment_id(self) -> str:
+        """The segment this journal belongs to (from its meta file)."""
         return self.meta["segment_id"]
 
     def append(self, payload: bytes) -> None:
@@ -159,12 +160,13 @@ class Journal:
             self.sync()
 
     def sync(self) -> None:
-        """fsync the journal: acknowledged records now also survive a power loss."""
+        """Flush (fsync) the journal: acknowledged records now also survive a power loss."""
         if self._fd is not None:
             os.fsync(self._fd)
             self._last_sync = time.monotonic()
 
     def close(self) -> None:
+        """Flush and close the journal file (a second close does nothing)."""
         if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -344,6 +346,7 @@ class Spool:
         return count
 
     def close(self) -> None:
+        """Close the index database (the spool files stay as they are)."""
         with self._lock:
             self._db.close()
 
@@ -392,12 +395,14 @@ class Spool:
                              (*fields.values(), sop_uid))
 
     def get(self, sop_uid: str) -> InstanceRow | None:
+        """The index row of one instance, or None when the spool does not hold it."""
         with self._lock:
             row = self._db.execute("SELECT * FROM instances WHERE sop_instance_uid=?",
                                    (sop_uid,)).fetchone()
         return InstanceRow(*row) if row else None
 
     def rows(self, state: str | None = None) -> list[InstanceRow]:
+        """Index rows in the order they were indexed, all or only those in ``state``."""
         with self._lock:
             if state is None:
                 cur = self._db.execute("SELECT * FROM instances ORDER BY created")
@@ -437,12 +442,15 @@ class Spool:
             return [InstanceRow(*r) for r in cur.fetchall()]
 
     def mark_stored(self, sop_uid: str) -> None:
+        """The PACS accepted the instance (C-STORE success); Storage Commitment is next."""
         self._set(sop_uid, state=STORED, last_error="")
 
     def mark_committed(self, sop_uid: str) -> None:
+        """The PACS committed to keep the instance: the spool may now reclaim it."""
         self._set(sop_uid, state=COMMITTED, last_error="")
 
     def mark_failed(self, sop_uid: str, error: str) -> None:
+        """The PACS refused the instance for good; ``error`` says why, for the operator."""
         self._set(sop_uid, state=FAILED, last_error=error)
 
     def reset_to_final(self, sop_uid: str, error: str) -> None:
@@ -458,6 +466,7 @@ class Spool:
                 (error, next_attempt, time.time(), sop_uid))
 
     def absolute(self, row: InstanceRow) -> Path:
+        """The file of ``row`` on disk (rows store paths relative to the spool root)."""
         return self.root / row.path
 
     def apply_retention(self, max_age_s: float, states: tuple[str, ...] = (COMMITTED,),

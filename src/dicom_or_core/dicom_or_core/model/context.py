@@ -39,6 +39,7 @@ class Patient:
     sex: str = ""
 
     def validate(self, prefix: str = "patient") -> Patient:
+        """Self, or DicomOrError naming ``prefix.<field>`` whose VR (or sex code) fails."""
         vr.check_lo(f"{prefix}.patient_id", self.patient_id)
         vr.check_lo(f"{prefix}.issuer_of_patient_id", self.issuer_of_patient_id)
         vr.check_pn(f"{prefix}.patient_name", self.patient_name)
@@ -63,6 +64,7 @@ class Study:
     referring_physician_name: str = ""
 
     def validate(self, prefix: str = "study") -> Study:
+        """Self, or DicomOrError naming ``prefix.<field>`` whose VR fails (UID required)."""
         vr.require(f"{prefix}.study_instance_uid", self.study_instance_uid)
         vr.check_ui(f"{prefix}.study_instance_uid", self.study_instance_uid)
         vr.check_sh(f"{prefix}.accession_number", self.accession_number)
@@ -86,6 +88,7 @@ class Equipment:
     institution_name: str = ""
 
     def validate(self, prefix: str = "equipment") -> Equipment:
+        """Self, or DicomOrError naming ``prefix.<field>`` whose VR fails."""
         vr.check_lo(f"{prefix}.manufacturer", self.manufacturer)
         vr.check_lo(f"{prefix}.model_name", self.model_name)
         vr.check_lo(f"{prefix}.device_serial_number", self.device_serial_number)
@@ -106,6 +109,7 @@ class SessionContext:
     operating_room: str = ""
 
     def validate(self, prefix: str = "session") -> SessionContext:
+        """Self, or DicomOrError naming the first invalid patient/study attribute."""
         self.patient.validate(f"{prefix}.patient")
         self.study.validate(f"{prefix}.study")
         name = f"{prefix}.synchronization_frame_of_reference_uid"
@@ -132,6 +136,7 @@ class WaveformChannel:
     filter_high_hz: float = 0.0
 
     def validate(self, prefix: str = "channel") -> WaveformChannel:
+        """Self, or DicomOrError naming the label, code or unit field that fails its VR."""
         vr.check_sh(f"{prefix}.label", self.label)
         vr.require(f"{prefix}.source_code_value", self.source_code_value)
         vr.check_sh(f"{prefix}.source_code_value", self.source_code_value)
@@ -179,6 +184,7 @@ class StreamDescriptor:
     tool_ids: list[str] = field(default_factory=list)
 
     def validate(self, prefix: str = "descriptor") -> StreamDescriptor:
+        """Self, or DicomOrError naming the first invalid session, equipment or stream field."""
         self.session.validate(f"{prefix}.session")
         vr.require(f"{prefix}.stream_uuid", self.stream_uuid)
         if self.kind not in KIND_NAMES:

@@ -44,6 +44,7 @@ class Ros2Uri:
     domain_id: int = 0
 
     def validate(self) -> Ros2Uri:
+        """Self, or DicomOrError naming the topic, type, QoS profile or domain that is invalid."""
         if not _TOPIC.match(self.topic):
             raise DicomOrError("ros2_uri.topic", "must be a fully qualified ROS topic name "
                                "(/a/b, letters, digits, underscores)", self.topic)

@@ -41,7 +41,7 @@ STATE_LIVE = StreamState.LIVE
 STATE_STALE = StreamState.STALE
 STATE_SOURCE_LOST = StreamState.SOURCE_LOST
 STATE_STOPPED = StreamState.STOPPED
-_STATE_SUFFIX = {STATE_STALE: " [STALE]", STATE_SOURCE_LOST: " [SOURCE LOST]"}
+_STATE_SUFFIX: dict[int, str] = {STATE_STALE: " [STALE]", STATE_SOURCE_LOST: " [SOURCE LOST]"}
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
                     "PatientSex")
@@ -94,24 +94,51 @@ def series_record(stream: LiveStream, *, domain_id: int, retrieve_ae_title: str,
     ds.Modality = d.modality
     ds.SeriesInstanceUID = d.series_instance_uid
     ds.SeriesNumber = d.series_number
-    description = d.series_description
-    suffix = _STATE_SUFFIX.get(stream.state, "")
-    if suffix:
-        description = description[:64 - len(suffix)] + suffix
-    ds.SeriesDescription = description
+    ds.SeriesDescription = _series_description(stream)
     ds.SeriesDate = d.series_date
     ds.SeriesTime = d.series_time
     ds.BodyPartExamined = d.body_part_examined
     ds.FrameOfReferenceUID = d.frame_of_reference_uid
-    # PS3.3 C.7.5.1 General Equipment.
-    e = d.equipment
+    _apply_equipment(ds, d.equipment)
+    _apply_geometry_and_rate(ds, d)
+    ds.NumberOfSeriesRelatedInstances = instances
+    ds.RetrieveURL = format_uri(Ros2Uri(d.topic, d.message_type, d.qos_profile or "default",
+                                        domain_id))
+    ds.RetrieveAETitle = retrieve_ae_title
+    ds.InstanceAvailability = "UNAVAILABLE" if stream.state == STATE_SOURCE_LOST \
+        else "ONLINE"
+    # Request Attributes Sequence (C.7.3.1, type 3): the worklist step this stream serves.
+    ds.RequestAttributesSequence = []
+    if d.session.scheduled_procedure_step_id or d.session.study.accession_number:
+        item = Dataset()
+        item.ScheduledProcedureStepID = d.session.scheduled_procedure_step_id
+        item.AccessionNumber = d.session.study.accession_number
+        ds.RequestAttributesSequence = [item]
+    return ds
+
+
+def _series_description(stream: LiveStream) -> str:
+    """The descriptor's Series Description, suffixed with an unhealthy state (LO: 64 chars)."""
+    description = stream.descriptor.series_description
+    suffix = _STATE_SUFFIX.get(stream.state, "")
+    if suffix:
+        description = description[:64 - len(suffix)] + suffix
+    return description
+
+
+def _apply_equipment(ds: Dataset, e: ctx.Equipment) -> None:
+    """PS3.3 C.7.5.1 General Equipment."""
     ds.Manufacturer = e.manufacturer
     ds.ManufacturerModelName = e.model_name
     ds.DeviceSerialNumber = e.device_serial_number
     ds.StationName = e.station_name
     ds.SoftwareVersions = e.software_versions
     ds.InstitutionName = e.institution_name
-    # Geometry and rate in the standard attributes of the IOD the stream records into.
+
+
+def _apply_geometry_and_rate(ds: Dataset, d: ctx.StreamDescriptor) -> None:
+    """Geometry and rate in the standard attributes of the IOD the stream records into;
+    zero-length for the other kinds, so a key on them is supported at every Series."""
     if d.kind == ctx.KIND_VIDEO:
         ds.Rows = d.rows                                       # C.7.6.3 Image Pixel
         ds.Columns = d.columns
@@ -129,20 +156,6 @@ def series_record(stream: LiveStream, *, domain_id: int, retrieve_ae_title: str,
     else:
         ds.SamplingFrequency = None
         ds.NumberOfWaveformChannels = None
-    ds.NumberOfSeriesRelatedInstances = instances
-    ds.RetrieveURL = format_uri(Ros2Uri(d.topic, d.message_type, d.qos_profile or "default",
-                                        domain_id))
-    ds.RetrieveAETitle = retrieve_ae_title
-    ds.InstanceAvailability = "UNAVAILABLE" if stream.state == STATE_SOURCE_LOST \
-        else "ONLINE"
-    # Request Attributes Sequence (C.7.3.1, type 3): the worklist step this stream serves.
-    ds.RequestAttributesSequence = []
-    if d.session.scheduled_procedure_step_id or d.session.study.accession_number:
-        item = Dataset()
-        item.ScheduledProcedureStepID = d.session.scheduled_procedure_step_id
-        item.AccessionNumber = d.session.study.accession_number
-        ds.RequestAttributesSequence = [item]
-    return ds
 
 
 def _copy_keywords(target: Dataset, source: Dataset, keywords: Iterable[str]) -> None:
@@ -260,6 +273,23 @@ def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInsta
     """Assemble the four levels from live streams and archived instances."""
     model = QueryModel()
     instances = list(instances)
+    model.series = _series_records(streams, instances, domain_id=domain_id,
+                                   retrieve_ae_title=retrieve_ae_title)
+    for inst in instances:
+        if not inst.header.get("SOPInstanceUID"):
+            continue
+        model.images.append(image_record(inst, retrieve_ae_title=retrieve_ae_title))
+        model.paths[str(inst.header.SOPInstanceUID)] = inst.path
+    # STUDY and PATIENT records aggregate their series (C.6.1.1.2 / C.6.2.1.2 optional keys).
+    model.studies = _study_records(model.series, retrieve_ae_title)
+    model.patients = _patient_records(model.studies)
+    return model
+
+
+def _series_records(streams: Iterable[LiveStream], instances: list[ArchivedInstance], *,
+                    domain_id: int, retrieve_ae_title: str) -> list[Dataset]:
+    """One SERIES record per live stream, plus one per archived series with no live stream;
+    in study, series number, UID order."""
     per_series: dict[str, list[ArchivedInstance]] = {}
     for inst in instances:
         per_series.setdefault(str(inst.header.get("SeriesInstanceUID", "")), []).append(inst)
@@ -276,18 +306,15 @@ def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInsta
             series[uid] = archived_series_record(members[0].header,
                                                  retrieve_ae_title=retrieve_ae_title,
                                                  instances=len(members))
-    model.series = sorted(series.values(),
-                          key=lambda s: (str(s.StudyInstanceUID), s.SeriesNumber or 0,
-                                         str(s.SeriesInstanceUID)))
-    for inst in instances:
-        if not inst.header.get("SOPInstanceUID"):
-            continue
-        model.images.append(image_record(inst, retrieve_ae_title=retrieve_ae_title))
-        model.paths[str(inst.header.SOPInstanceUID)] = inst.path
-    # STUDY and PATIENT records aggregate their series (C.6.1.1.2 / C.6.2.1.2 optional keys).
+    return sorted(series.values(), key=lambda s: (str(s.StudyInstanceUID), s.SeriesNumber or 0,
+                                                  str(s.SeriesInstanceUID)))
+
+
+def _study_records(series: list[Dataset], retrieve_ae_title: str) -> list[Dataset]:
+    """One STUDY record per study of ``series``, with the counts of its series."""
     studies: dict[str, Dataset] = {}
     study_members: dict[str, list[Dataset]] = {}
-    for record in model.series:
+    for record in series:
         uid = str(record.StudyInstanceUID)
         if uid not in studies:
             study = Dataset()
@@ -302,9 +329,13 @@ def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInsta
         study.NumberOfStudyRelatedSeries = len(members)
         study.NumberOfStudyRelatedInstances = sum(
             int(m.NumberOfSeriesRelatedInstances or 0) for m in members)
-    model.studies = list(studies.values())
+    return list(studies.values())
+
+
+def _patient_records(studies: list[Dataset]) -> list[Dataset]:
+    """One PATIENT record per Patient ID of ``studies``, with the counts of its studies."""
     patients: dict[str, Dataset] = {}
-    for study in model.studies:
+    for study in studies:
         pid = str(study.PatientID or "")
         if pid not in patients:
             patient = Dataset()
@@ -317,8 +348,7 @@ def build_model(streams: Iterable[LiveStream], instances: Iterable[ArchivedInsta
         patient.NumberOfPatientRelatedStudies += 1
         patient.NumberOfPatientRelatedSeries += int(study.NumberOfStudyRelatedSeries)
         patient.NumberOfPatientRelatedInstances += int(study.NumberOfStudyRelatedInstances)
-    model.patients = list(patients.values())
-    return model
+    return list(patients.values())
 
 
 class ModelStore:
@@ -439,6 +469,7 @@ class ModelStore:
                 self._dirty = True
 
     def streams(self) -> list[LiveStream]:
+        """The live streams the model is built from, as last updated."""
         with self._lock:
             return list(self._streams.values())
 

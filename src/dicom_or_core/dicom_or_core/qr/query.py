@@ -39,7 +39,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 # ---------------------------------------------------------------------------------------
 # Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4); named so handlers read like the standard.
@@ -511,32 +511,10 @@ def parse_identifier(identifier: Dataset, root: str, *, relational: bool = False
     if root not in ROOT_LEVELS:
         raise ValueError(f"unknown information model {root!r}")
     try:
-        if _QR_LEVEL not in identifier or not identifier[_QR_LEVEL].value:
-            raise _bad("QueryRetrieveLevel (0008,0052) is missing", _QR_LEVEL)
-        level = _text(identifier[_QR_LEVEL].value).upper()
-        if level not in ROOT_LEVELS[root]:
-            raise _bad(f"QueryRetrieveLevel {level[:16]!r} is not one of "
-                       f"{'/'.join(ROOT_LEVELS[root])}", _QR_LEVEL)
-        levels = ROOT_LEVELS[root]
-        for above in levels[:levels.index(level)]:
-            keyword = UNIQUE_KEYS[above]
-            present = keyword in identifier
-            if relational:
-                continue
-            if not present or not _single_value(identifier[keyword]):
-                raise _bad(f"{keyword} needs a single value at level {level}", Tag(keyword))
-        paired = set()
-        if combined_datetime:
-            for date_kw, time_kw in DATE_TIME_PAIRS:
-                if date_kw in identifier and time_kw in identifier \
-                        and not is_universal(identifier[date_kw]):
-                    paired.add(Tag(time_kw))
-                    for bound in _text(identifier[time_kw].value).split("-"):
-                        if bound:
-                            try:
-                                parse_tm(bound)
-                            except ValueError as exc:
-                                raise _bad(f"{time_kw}: {exc}", Tag(time_kw)) from None
+        level = _query_level(identifier, root)
+        if not relational:
+            _check_unique_keys_above(identifier, root, level)
+        paired = _check_paired_times(identifier) if combined_datetime else set()
         for elem in identifier:
             if elem.tag not in paired:
                 check_key(elem)
@@ -546,6 +524,45 @@ def parse_identifier(identifier: Dataset, root: str, *, relational: bool = False
         raise QueryError(FAILURE_UNABLE_TO_PROCESS,
                          f"identifier cannot be decoded: {type(exc).__name__}") from None
     return Query(root, level, identifier)
+
+
+def _query_level(identifier: Dataset, root: str) -> str:
+    """The Query/Retrieve Level (0008,0052): present, and a level of the model ``root``."""
+    if _QR_LEVEL not in identifier or not identifier[_QR_LEVEL].value:
+        raise _bad("QueryRetrieveLevel (0008,0052) is missing", _QR_LEVEL)
+    level = _text(identifier[_QR_LEVEL].value).upper()
+    if level not in ROOT_LEVELS[root]:
+        raise _bad(f"QueryRetrieveLevel {level[:16]!r} is not one of "
+                   f"{'/'.join(ROOT_LEVELS[root])}", _QR_LEVEL)
+    return level
+
+
+def _check_unique_keys_above(identifier: Dataset, root: str, level: str) -> None:
+    """Hierarchical query: the unique key of every level above ``level`` has one value."""
+    levels = ROOT_LEVELS[root]
+    for above in levels[:levels.index(level)]:
+        keyword = UNIQUE_KEYS[above]
+        if keyword not in identifier or not _single_value(identifier[keyword]):
+            raise _bad(f"{keyword} needs a single value at level {level}", Tag(keyword))
+
+
+def _check_paired_times(identifier: Dataset) -> set[BaseTag]:
+    """Combined date-time matching: the time keys joined to a non-universal date, whose
+    bounds are checked one by one (the range may wrap midnight; the combined range's order
+    is the date's business). Returns their tags, which :func:`check_key` must then skip."""
+    paired: set[BaseTag] = set()
+    for date_kw, time_kw in DATE_TIME_PAIRS:
+        if date_kw in identifier and time_kw in identifier \
+                and not is_universal(identifier[date_kw]):
+            paired.add(Tag(time_kw))
+            for bound in _text(identifier[time_kw].value).split("-"):
+                if not bound:
+                    continue
+                try:
+                    parse_tm(bound)
+                except ValueError as exc:
+                    raise _bad(f"{time_kw}: {exc}", Tag(time_kw)) from None
+    return paired
 
 
 def answer(query: Query, record: Dataset) -> Dataset:
