@@ -16,6 +16,27 @@ def test_crc16_known_value() -> None:
     assert crc16(b"123456789") == 0x29B1
 
 
+def _bitwise_crc16(data: bytes) -> int:
+    """The hand-written CRC-16/CCITT-FALSE crc16 used before binascii.crc_hqx."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def test_crc16_matches_the_bitwise_reference() -> None:
+    # Real band payloads (sequence + time) and random bytes of every length up to 64.
+    rng = np.random.default_rng(7)
+    payloads = [int(s).to_bytes(4, "big") + int(t).to_bytes(8, "big")
+                for s, t in [(0, 0), (1, 1_700_000_000_123_456_789), (2**32 - 1, 2**64 - 1)]]
+    payloads += [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(65)]
+    for data in payloads:
+        assert crc16(data) == _bitwise_crc16(data), data.hex()
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
 @pytest.mark.parametrize("size", [(96, 64), (640, 480), (1920, 1080)])
 def test_round_trip(encoding: str, size: tuple[int, int]) -> None:

@@ -17,6 +17,7 @@ Below the band the frame shows moving content (a scrolling colour gradient and a
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,14 +32,9 @@ CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 
 
 def crc16(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of ``data``."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final XOR) of
+    ``data``: the standard library's ``binascii.crc_hqx`` seeded with 0xFFFF."""
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 @dataclass(frozen=True)
