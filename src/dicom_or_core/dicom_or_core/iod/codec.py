@@ -37,6 +37,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+from pydicom.uid import HEVCMP51, MPEG2MPHL, MPEG2MPML, MPEG4HP41, MPEG4HP422D
 
 from dicom_or_core.model.errors import DicomOrError
 
@@ -78,10 +79,10 @@ def choose_codec(rows: int, columns: int, rate_hz: float, codec: str = "auto") -
     fps = max(rate_hz, 1e-3)
     if codec in ("auto", "h264"):
         if mbs <= 8192 and mbs * fps <= 245760 and max(rows, columns) <= 16 * 256:
-            return CodecChoice("h264", "libx264", "1.2.840.10008.1.2.4.102", "4.1",
+            return CodecChoice("h264", "libx264", MPEG4HP41, "4.1",
                                "ISO_14496_10", 62500)
         if mbs <= 8704 and mbs * fps <= 522240 and max(rows, columns) <= 16 * 264:
-            return CodecChoice("h264", "libx264", "1.2.840.10008.1.2.4.104", "4.2",
+            return CodecChoice("h264", "libx264", MPEG4HP422D, "4.2",
                                "ISO_14496_10", 62500)
         if codec == "h264":
             raise DicomOrError("video_codec", "the stream exceeds H.264 High Profile Level "
@@ -89,7 +90,7 @@ def choose_codec(rows: int, columns: int, rate_hz: float, codec: str = "auto") -
     if codec in ("auto", "hevc"):
         luma = rows * columns
         if luma <= 8912896 and luma * fps <= 534773760 and max(rows, columns) <= 8444:
-            return CodecChoice("hevc", "libx265", "1.2.840.10008.1.2.4.107", "5.1",
+            return CodecChoice("hevc", "libx265", HEVCMP51, "5.1",
                                "ISO_23008_2", 40000)
         raise DicomOrError("video_codec", "the stream exceeds HEVC Main Profile Level 5.1 "
                            "(PS3.5 8.2.10)", (columns, rows, rate_hz))
@@ -99,10 +100,10 @@ def choose_codec(rows: int, columns: int, rate_hz: float, codec: str = "auto") -
         raise DicomOrError("video_codec", "MPEG-2 needs a nominal rate of 25 or 30 fps "
                            "(PS3.5 8.2.5)", rate_hz)
     if rows <= 576 and columns <= 720 and fps <= 30:
-        return CodecChoice("mpeg2", "mpeg2video", "1.2.840.10008.1.2.4.100", "MP@ML",
+        return CodecChoice("mpeg2", "mpeg2video", MPEG2MPML, "MP@ML",
                            "ISO_13818_2", 15000)
     if rows <= 1152 and columns <= 1920 and rows * columns * fps <= 62668800:
-        return CodecChoice("mpeg2", "mpeg2video", "1.2.840.10008.1.2.4.101", "MP@HL",
+        return CodecChoice("mpeg2", "mpeg2video", MPEG2MPHL, "MP@HL",
                            "ISO_13818_2", 80000)
     raise DicomOrError("video_codec", "the stream exceeds MPEG-2 Main Profile High Level",
                        (columns, rows, rate_hz))

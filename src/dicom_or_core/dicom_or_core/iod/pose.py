@@ -82,6 +82,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
+from pynetdicom.sop_class import Comprehensive3DSRStorage
 
 from dicom_or_core.iod.common import (
     PRIVATE_SCHEME,
@@ -96,7 +97,7 @@ from dicom_or_core.iod.common import (
 from dicom_or_core.model.context import KIND_POSE, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_3D_SR = Comprehensive3DSRStorage
 
 TITLE = (PRIVATE_SCHEME, "DOR001", "Tracked tool poses")
 TOOL = (PRIVATE_SCHEME, "DOR002", "Tracked tool")

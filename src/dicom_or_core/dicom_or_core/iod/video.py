@@ -25,6 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
+from pynetdicom.sop_class import (
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    VideoEndoscopicImageStorage,
+    VideoPhotographicImageStorage,
+    VLEndoscopicImageStorage,
+)
 
 from dicom_or_core.iod.bulk import FRAGMENT_BYTES
 from dicom_or_core.iod.codec import CodecChoice
@@ -38,11 +45,11 @@ from dicom_or_core.iod.common import (
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
 
-VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
-VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
-VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+VIDEO_ENDOSCOPIC = VideoEndoscopicImageStorage
+VIDEO_PHOTOGRAPHIC = VideoPhotographicImageStorage
+VL_ENDOSCOPIC = VLEndoscopicImageStorage
+SECONDARY_CAPTURE = SecondaryCaptureImageStorage
+MULTIFRAME_TRUE_COLOR_SC = MultiFrameTrueColorSecondaryCaptureImageStorage
 # Pixel Data of a native multi-frame instance must stay below 2^32 - 2 bytes (PS3.5 7.1.1).
 MAX_NATIVE_PIXEL_BYTES = 2**32 - 2
 FRAME_TIME = 0x00181063

@@ -28,6 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
+from pynetdicom.sop_class import (
+    GeneralECGWaveformStorage,
+    HemodynamicWaveformStorage,
+    MultichannelRespiratoryWaveformStorage,
+    RespiratoryWaveformStorage,
+)
 
 from dicom_or_core.iod.common import (
     apply_instance_context,
@@ -52,16 +58,17 @@ class WaveformIod:
     max_hz: float
 
 
-GENERAL_ECG = WaveformIod("General ECG Waveform", "1.2.840.10008.5.1.4.1.1.9.1.2", 24, 4,
+GENERAL_ECG = WaveformIod("General ECG Waveform", GeneralECGWaveformStorage, 24, 4,
                           200.0, 1000.0)
-HEMODYNAMIC = WaveformIod("Hemodynamic Waveform", "1.2.840.10008.5.1.4.1.1.9.2.1", 8, 4,
+HEMODYNAMIC = WaveformIod("Hemodynamic Waveform", HemodynamicWaveformStorage, 8, 4,
                           0.0, 400.0)
 # Respiratory limits are the recorder's (one group; 1000 Hz covers impedance and flow
 # sensors); this dicom3tools build cannot check these two IODs.
-RESPIRATORY = WaveformIod("Respiratory Waveform", "1.2.840.10008.5.1.4.1.1.9.6.1", 1, 1,
+RESPIRATORY = WaveformIod("Respiratory Waveform", RespiratoryWaveformStorage, 1, 1,
                           0.0, 1000.0)
 MULTICHANNEL_RESPIRATORY = WaveformIod("Multi-channel Respiratory Waveform",
-                                       "1.2.840.10008.5.1.4.1.1.9.6.2", 64, 1, 0.0, 1000.0)
+                                       MultichannelRespiratoryWaveformStorage, 64, 1, 0.0,
+                                       1000.0)
 
 # UCUM code meanings for the units OR devices report (PS3.16 CID 3082 / UCUM).
 UCUM_MEANINGS = {

@@ -43,7 +43,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
 from dicom_or_core.model import vr
@@ -51,7 +51,8 @@ from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
 
 log = logging.getLogger("dicom_or.storage_scu")
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP Instance (PS3.4 J.3)
+# The well-known SOP Instance of Storage Commitment Push Model (PS3.4 J.3).
+STORAGE_COMMITMENT_INSTANCE = StorageCommitmentPushModelInstance
 _WARNINGS = {0xB000, 0xB006, 0xB007}
 SAME_ASSOCIATION_WAIT_S = 2.0
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model import vr
@@ -33,7 +34,7 @@ from dicom_or_core.model.uid import new_uid
 
 log = logging.getLogger(__name__)
 
-MWL_FIND = "1.2.840.10008.5.1.4.31"
+MWL_FIND = ModalityWorklistInformationFind
 
 
 @dataclass(frozen=True)
