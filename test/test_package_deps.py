@@ -7,7 +7,8 @@ package nobody needs. For each package under src/ this test reads its Python sou
 
 * installed modules (``src/<pkg>/<pkg>/``, plus the launch files bringup installs) may
   import only what is an ``exec_depend`` or ``depend``;
-* tests (``src/<pkg>/test/``) may import that, or a ``test_depend``;
+* tests (``src/<pkg>/test/``) may import that, or a ``test_depend``; the third-party
+  imports of the test support modules they use (test/support) count as theirs;
 * every ``exec_depend`` / ``depend`` is imported by the installed modules (bringup's launch
   graphs also use the packages whose nodes they start), and every ``test_depend`` by the
   tests, except the few runtime-only dependencies in :data:`RUNTIME_ONLY`;
@@ -56,6 +57,7 @@ ROS_PACKAGES = {
 }
 # Test support on pytest's path (pytest.ini), never installed: tests only.
 TEST_SUPPORT = {"dicom_or_test_common"}
+SUPPORT_DIR = ROOT / "test" / "support" / "dicom_or_test_common"
 # Declared but never imported, on purpose: package -> {key: why}.
 RUNTIME_ONLY = {
     "dicom_or_bringup": {
@@ -110,6 +112,28 @@ def imported_names(files: list[Path]) -> dict[str, set[str]]:
     return names
 
 
+def support_modules(files: list[Path]) -> list[Path]:
+    """The test support modules ``files`` use, and those these use in turn: what they import
+    is what the tests importing them need."""
+    found: set[Path] = set()
+    pending = list(files)
+    while pending:
+        for node in ast.walk(ast.parse(pending.pop().read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                module = SUPPORT_DIR / f"{parts[1]}.py" if len(parts) > 1 else None
+                if parts[0] in TEST_SUPPORT and module and module.is_file() \
+                        and module not in found:
+                    found.add(module)
+                    pending.append(module)
+    return sorted(found)
+
+
 def _is_importorskip(node: ast.AST) -> bool:
     """``pytest.importorskip("name")``: an optional test dependency, declared all the same."""
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -155,7 +179,14 @@ def check_python_package(package: Path, manifest: Manifest) -> list[str]:
     problems = []
     local_test_modules = {p.stem for p in (package / "test").glob("*.py")}
     installed = imported_names(installed_sources(package))
-    tests = imported_names(sorted((package / "test").rglob("*.py")))
+    test_files = sorted((package / "test").rglob("*.py"))
+    tests = imported_names(test_files)
+    # What the test support used imports, the tests need too; but not its workspace packages:
+    # support is shared by every package's tests (dicom_or_bringup's peer tools reach the
+    # core's tests that way), and a test_depend on them would make a dependency cycle.
+    for name, files in imported_names(support_modules(test_files)).items():
+        if name not in WORKSPACE:
+            tests.setdefault(name, set()).update(files)
     used_run, used_test = launched_packages(package), set()
     flagged: set[str] = set()
     for names, used, allowed, where in (
