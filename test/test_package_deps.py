@@ -267,3 +267,10 @@ def test_the_checker_sees_an_undeclared_and_an_unused_dependency(tmp_path: Path)
     assert any(p.startswith("python3-highdicom-pip undeclared") for p in problems), problems
     assert "exec_depend std_srvs is not imported by the installed modules" in problems
     assert len(problems) == 3, problems
+
+
+def test_core_stays_ros_free():
+    """dicom_or_core is the ROS-free core (plain pytest covers it): with nothing ROS in its
+    manifest, an rclpy or message import there fails the check above."""
+    manifest = read_manifest(SRC / "dicom_or_core" / "package.xml")
+    assert not manifest.run & (ROS_PACKAGES | {"dicom_or_msgs", "dicom_or_ros"})
