@@ -82,6 +82,29 @@ def test_many_hemodynamic_channels_split_into_multiplex_groups():
     assert np.array_equal(read_samples(ds), samples)
 
 
+def _frombuffer_samples(ds) -> np.ndarray:
+    """The hand-written parse read_samples used before pydicom's multiplex_array."""
+    return np.concatenate([
+        np.frombuffer(g.WaveformData, dtype="<i2").reshape(int(g.NumberOfWaveformSamples),
+                                                           int(g.NumberOfWaveformChannels))
+        for g in ds.WaveformSequence], axis=1)
+
+
+@pytest.mark.parametrize("kind,channels", [("ecg", 3), ("ecg", 30), ("hd", 10), ("resp", 1)])
+def test_read_samples_equals_the_frombuffer_parse(tmp_path, kind, channels):
+    d = example_descriptor(kind)
+    d.channels = (d.channels * channels)[:channels]
+    samples = synthetic_waveform(777, channels)
+    samples[0, 0], samples[1, 0] = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+    ds = build_waveform(d, samples, now_ns(), new_uid())
+    back = pydicom.dcmread(_save(tmp_path, ds, kind))
+    for each in (ds, back):
+        got = read_samples(each)
+        assert got.dtype == np.int16 and got.shape == samples.shape
+        assert np.array_equal(got, _frombuffer_samples(each))
+        assert np.array_equal(got, samples)
+
+
 def test_out_of_constraint_streams_are_refused_by_name():
     d = example_descriptor("hd", sampling_frequency_hz=500.0)
     with pytest.raises(DicomOrError, match="sampling_frequency_hz.*400"):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
+from pydicom.waveforms import multiplex_array
 from pynetdicom.sop_class import (
     GeneralECGWaveformStorage,
     HemodynamicWaveformStorage,
@@ -196,10 +197,12 @@ def build_waveform(stream: StreamDescriptor, samples: np.ndarray, first_sample_n
 
 def read_samples(ds_: Dataset) -> np.ndarray:
     """All multiplex groups of a waveform instance as one int16 (samples, channels) array
-    (raw digital values, the inverse of :func:`build_waveform`)."""
-    blocks = []
-    for group in ds_.WaveformSequence:
-        raw = np.frombuffer(group.WaveformData, dtype="<i2")
-        blocks.append(raw.reshape(int(group.NumberOfWaveformSamples),
-                                  int(group.NumberOfWaveformChannels)))
-    return np.concatenate(blocks, axis=1)
+    (raw digital values, the inverse of :func:`build_waveform`).
+
+    Each group is decoded by pydicom's ``multiplex_array(ds, index, as_raw=True)``; this
+    function only joins the groups side by side, because :func:`build_waveform` splits the
+    channels of one stream across groups (all with the same sample count) while pydicom
+    reads one group at a time.
+    """
+    return np.concatenate([multiplex_array(ds_, index, as_raw=True)
+                           for index in range(len(ds_.WaveformSequence))], axis=1)
