@@ -196,6 +196,10 @@ def check_python_package(package: Path, manifest: Manifest) -> list[str]:
             if name == package.name or (names is tests and (
                     name in TEST_SUPPORT or name in local_test_modules)):
                 continue
+            if name in TEST_SUPPORT:
+                problems.append(f"{', '.join(sorted(files))} imports the test support "
+                                f"{name}, which is never installed")
+                continue
             try:
                 key = rosdep_key(name)
             except KeyError:
@@ -259,6 +263,7 @@ def test_the_checker_sees_an_undeclared_and_an_unused_dependency(tmp_path: Path)
     (package / "dicom_or_fake").mkdir(parents=True)
     (package / "test").mkdir()
     (package / "dicom_or_fake" / "node.py").write_text("import os\nimport scipy.signal\n")
+    (package / "dicom_or_fake" / "bad.py").write_text("from dicom_or_test_common import ros\n")
     (package / "test" / "test_node.py").write_text("import pytest\nimport highdicom\n")
     manifest = Manifest("dicom_or_fake", "ament_python", run={"std_srvs"},
                         test={"python3-pytest"})
@@ -266,7 +271,8 @@ def test_the_checker_sees_an_undeclared_and_an_unused_dependency(tmp_path: Path)
     assert any(p.startswith("python3-scipy undeclared") for p in problems), problems
     assert any(p.startswith("python3-highdicom-pip undeclared") for p in problems), problems
     assert "exec_depend std_srvs is not imported by the installed modules" in problems
-    assert len(problems) == 3, problems
+    assert any("imports the test support dicom_or_test_common" in p for p in problems), problems
+    assert len(problems) == 4, problems
 
 
 def test_core_stays_ros_free():
