@@ -8,14 +8,21 @@ The nodes, parameters and remappings come from ``<graph>.graph.yaml`` through
 ``ros2 launch`` in a distro and the pip launcher start the very same graph.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
 from dicom_or_bringup import graph
 from launch import LaunchDescription
 
+if TYPE_CHECKING:  # the tests run this module against stand-ins without it
+    from launch import LaunchContext
 
-def _nodes(context, graph_name):
+
+def _nodes(context: LaunchContext, graph_name: str) -> list[Node]:
     given = {arg.name: context.launch_configurations.get(arg.name, arg.default)
              for arg in graph.arguments(graph_name)}
     actions = []
@@ -33,7 +40,7 @@ def _nodes(context, graph_name):
     return actions
 
 
-def graph_launch_description(graph_name):
+def graph_launch_description(graph_name: str) -> LaunchDescription:
     """A LaunchDescription declaring the graph's arguments and starting its nodes."""
     declared = [DeclareLaunchArgument(arg.name, default_value=arg.default,
                                       description=arg.description)
