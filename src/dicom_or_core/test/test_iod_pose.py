@@ -152,8 +152,8 @@ def test_poses_round_trip_in_the_frame_of_reference(tmp_path):
     assert tool.ContentSequence[0].TextValue == tracks[0].tool_id
     where, how = tool.ContentSequence[1], tool.ContentSequence[2]
     assert (where.ValueType, where.ConceptNameCodeSequence[0].CodeValue) == \
-        ("SCOORD3D", POSITION[1])
-    assert how.ConceptNameCodeSequence[0].CodeValue == ROTATION[1]
+        ("SCOORD3D", POSITION.value)
+    assert how.ConceptNameCodeSequence[0].CodeValue == ROTATION.value
     assert where.ReferencedFrameOfReferenceUID == d.frame_of_reference_uid
     assert back.SynchronizationFrameOfReferenceUID == \
         d.session.synchronization_frame_of_reference_uid
@@ -330,7 +330,7 @@ def test_highdicom_reads_the_trajectory(recording):
         items = tool.ContentSequence
         assert items[0].value == track.tool_id
         points = [i for i in items if isinstance(i, hd.sr.Scoord3DContentItem)
-                  and i.name.value == POSITION[1]]
+                  and i.name.value == POSITION.value]
         assert all(p.graphic_type == hd.sr.GraphicTypeValues3D.MULTIPOINT for p in points)
         mm = np.concatenate([p.value for p in points])
         assert np.allclose(mm / 1000.0, track.positions_m, atol=1e-7)

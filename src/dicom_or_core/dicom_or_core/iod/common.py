@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from dicom_or_core.model import vr
@@ -48,6 +49,12 @@ def code_item(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
+
+
+def concept_item(code: Code) -> Dataset:
+    """The Code Sequence Macro item of a pydicom ``Code`` (``codes.DCM.X``, ``codes.SCT.Y``
+    from ``pydicom.sr.codedict``, or a ``Code`` of the private scheme)."""
+    return code_item(code.value, code.scheme_designator, code.meaning)
 
 
 def new_dataset(sop_class_uid: str, sop_instance_uid: str,

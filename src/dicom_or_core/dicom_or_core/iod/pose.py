@@ -81,13 +81,14 @@ import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag, Tag
 from pynetdicom.sop_class import Comprehensive3DSRStorage
 
 from dicom_or_core.iod.common import (
     PRIVATE_SCHEME,
     apply_instance_context,
-    code_item,
+    concept_item,
     drop_frame_of_reference,
     new_dataset,
     ns_to_datetime,
@@ -99,15 +100,14 @@ from dicom_or_core.model.errors import DicomOrError
 
 COMPREHENSIVE_3D_SR = Comprehensive3DSRStorage
 
-TITLE = (PRIVATE_SCHEME, "DOR001", "Tracked tool poses")
-TOOL = (PRIVATE_SCHEME, "DOR002", "Tracked tool")
-TOOL_ID = (codes.DCM.TrackingIdentifier.scheme_designator,
-           codes.DCM.TrackingIdentifier.value, codes.DCM.TrackingIdentifier.meaning)
-POSITION = (codes.DCM.PathVertex.scheme_designator, codes.DCM.PathVertex.value,
-            codes.DCM.PathVertex.meaning)
-ROTATION = (PRIVATE_SCHEME, "DOR007", "Rotation vector")
-#: Every concept of the content tree, (scheme, value, meaning); listed in the conformance
-#: statement. DOR003-DOR006 were used by the retired one-container-per-pose encoding.
+# Standard concepts from pydicom's code dictionary; the private scheme for the rest.
+TITLE = Code("DOR001", PRIVATE_SCHEME, "Tracked tool poses")
+TOOL = Code("DOR002", PRIVATE_SCHEME, "Tracked tool")
+TOOL_ID = codes.DCM.TrackingIdentifier
+POSITION = codes.DCM.PathVertex
+ROTATION = Code("DOR007", PRIVATE_SCHEME, "Rotation vector")
+#: Every concept of the content tree; listed in the conformance statement. DOR003-DOR006
+#: were used by the retired one-container-per-pose encoding.
 CODES = (TITLE, TOOL, TOOL_ID, POSITION, ROTATION)
 
 # PS3.5 7.1.2: Explicit VR Little Endian gives FL and DS a 16-bit Value Length; the largest
@@ -260,17 +260,16 @@ def _raw(tag: BaseTag, vr: str, value: bytes) -> RawDataElement:
     return RawDataElement(tag, vr, len(value), value, 0, False, True)
 
 
-def _item(value_type: str, concept: tuple[str, str, str], relationship: str | None) -> Dataset:
+def _item(value_type: str, concept: Code, relationship: str | None) -> Dataset:
     item = Dataset()
     if relationship:
         item.RelationshipType = relationship
     item.ValueType = value_type
-    scheme, value, meaning = concept
-    item.ConceptNameCodeSequence = [code_item(value, scheme, meaning)]
+    item.ConceptNameCodeSequence = [concept_item(concept)]
     return item
 
 
-def _scoord3d(concept: tuple[str, str, str], points: np.ndarray,
+def _scoord3d(concept: Code, points: np.ndarray,
               frame_of_reference_uid: str) -> Dataset:
     item = _item("SCOORD3D", concept, "CONTAINS")
     item.GraphicType = "MULTIPOINT"
@@ -348,7 +347,7 @@ def build_pose_sr(stream: StreamDescriptor, tracks: Sequence[ToolTrack],
     ds.PerformedProcedureCodeSequence = []
     # PS3.3 C.17.3 SR Document Content Module: the root container.
     ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [code_item(TITLE[1], TITLE[0], TITLE[2])]
+    ds.ConceptNameCodeSequence = [concept_item(TITLE)]
     ds.ContinuityOfContent = "SEPARATE"
     frame = stream.frame_of_reference_uid
     content, raw_items = [], []
@@ -440,8 +439,9 @@ def read_pose_sr(ds: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
     """Tool id -> (stamps ns int64 at microsecond resolution, positions (n, 3) m,
     quaternions (n, 4) xyzw with w >= 0): the inverse of :func:`build_pose_sr`."""
     t0 = acquisition_start_ns(ds)
-    position = ("SCOORD3D", *POSITION[:2])
-    rotation = ("SCOORD3D", *ROTATION[:2])
+    position = ("SCOORD3D", POSITION.scheme_designator, POSITION.value)
+    rotation = ("SCOORD3D", ROTATION.scheme_designator, ROTATION.value)
+    tool_id_text = ("TEXT", TOOL_ID.scheme_designator, TOOL_ID.value)
     concepts: dict[bytes, tuple[str, str, str]] = {}
     out = {}
     for tool in ds.ContentSequence:
@@ -451,7 +451,7 @@ def read_pose_sr(ds: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
         rotvecs: list[bytes] = []
         for item in tool.ContentSequence:
             kind = _kind(item, concepts)
-            if kind == ("TEXT", *TOOL_ID[:2]):
+            if kind == tool_id_text:
                 tool_id = str(item.TextValue)
             elif kind == position:
                 points.append(_value_bytes(item, _GRAPHIC_DATA))

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
 from pynetdicom.sop_class import (
@@ -37,7 +39,7 @@ from dicom_or_core.iod.bulk import FRAGMENT_BYTES
 from dicom_or_core.iod.codec import CodecChoice
 from dicom_or_core.iod.common import (
     apply_instance_context,
-    code_item,
+    concept_item,
     drop_frame_of_reference,
     new_dataset,
     require_kind,
@@ -104,17 +106,20 @@ def frame_offsets_ms(ds: Dataset) -> list[float]:
     return [i * float(ds.FrameTime) for i in range(n)]
 
 
-# PS3.16 Annex L / CID 4031: Body Part Examined (CS) -> SNOMED CT anatomic region.
-ANATOMIC_REGIONS = {
-    "ABDOMEN": ("818981001", "Abdomen"), "CHEST": ("51185008", "Chest"),
-    "PELVIS": ("816092008", "Pelvis"), "HEAD": ("69536005", "Head"),
-    "NECK": ("45048000", "Neck"), "KNEE": ("72696002", "Knee"),
-    "SHOULDER": ("16982005", "Shoulder"), "HIP": ("29836001", "Hip"),
-    "SPINE": ("421060004", "Spine"), "COLON": ("71854001", "Colon"),
-    "STOMACH": ("69695003", "Stomach"), "BLADDER": ("89837001", "Urinary bladder"),
-    "UTERUS": ("35039007", "Uterus"), "LARYNX": ("4596009", "Larynx"),
+# PS3.16 Annex L / CID 4031: Body Part Examined (CS) -> SNOMED CT anatomic region, from
+# pydicom's code dictionary. Two stay the project's own because the dictionary differs and
+# recorded instances must keep their codes: pydicom 3.0.2 has Chest as 816094009 (a later
+# PS3.16 edition; 51185008 is what every instance so far carries) and 89837001 with the
+# meaning "Bladder" (kept: "Urinary bladder").
+ANATOMIC_REGIONS: dict[str, Code] = {
+    "ABDOMEN": codes.SCT.Abdomen, "CHEST": Code("51185008", "SCT", "Chest"),
+    "PELVIS": codes.SCT.Pelvis, "HEAD": codes.SCT.Head, "NECK": codes.SCT.Neck,
+    "KNEE": codes.SCT.Knee, "SHOULDER": codes.SCT.Shoulder, "HIP": codes.SCT.Hip,
+    "SPINE": codes.SCT.Spine, "COLON": codes.SCT.Colon, "STOMACH": codes.SCT.Stomach,
+    "BLADDER": Code("89837001", "SCT", "Urinary bladder"), "UTERUS": codes.SCT.Uterus,
+    "LARYNX": codes.SCT.Larynx,
 }
-WHOLE_BODY = ("38266002", "Entire body")
+WHOLE_BODY = codes.SCT.EntireBody
 
 
 def apply_vl_anatomy(ds: Dataset, stream: StreamDescriptor) -> None:
@@ -122,9 +127,9 @@ def apply_vl_anatomy(ds: Dataset, stream: StreamDescriptor) -> None:
     for video, from Body Part
     Examined; a stream that does not name its body part is recorded as "Entire body" (the
     only region that is never wrong)."""
-    value, meaning = ANATOMIC_REGIONS.get(stream.body_part_examined, WHOLE_BODY)
+    region = ANATOMIC_REGIONS.get(stream.body_part_examined, WHOLE_BODY)
     # Laterality then belongs to the region's modifiers, not General Series (none known).
-    ds.AnatomicRegionSequence = [code_item(value, "SCT", meaning)]
+    ds.AnatomicRegionSequence = [concept_item(region)]
 
 
 def apply_unknown_laterality(ds: Dataset, stream: StreamDescriptor) -> None:

@@ -71,7 +71,9 @@ MULTICHANNEL_RESPIRATORY = WaveformIod("Multi-channel Respiratory Waveform",
                                        MultichannelRespiratoryWaveformStorage, 64, 1, 0.0,
                                        1000.0)
 
-# UCUM code meanings for the units OR devices report (PS3.16 CID 3082 / UCUM).
+# UCUM code meanings for the units OR devices report (PS3.16 CID 3082 / UCUM). The
+# project's own: pydicom's codes.UCUM lacks V, cm[H2O], L/s, mL, L and Ohm and gives
+# others symbol-like meanings ("µV", "mmHg"), which would change recorded instances.
 UCUM_MEANINGS = {
     "uV": "microvolt", "mV": "millivolt", "V": "volt",
     "mm[Hg]": "millimeter of mercury", "kPa": "kilopascal", "cm[H2O]": "centimeter of water",

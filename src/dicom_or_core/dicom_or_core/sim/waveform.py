@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from dicom_or_core.model.context import WaveformChannel
 from dicom_or_core.model.errors import DicomOrError
@@ -37,41 +39,47 @@ from dicom_or_core.model.errors import DicomOrError
 INT16_MIN, INT16_MAX = -32768, 32767
 
 
-def _ecg(label: str, code: str, meaning: str) -> WaveformChannel:
+def _ecg(label: str, lead: Code) -> WaveformChannel:
     # 1 uV per digital value: +-32 mV range, finer than any monitor's ADC; diagnostic
     # bandwidth 0.05-150 Hz (the simulated signal has no content above it).
-    return WaveformChannel(label=label, source_code_value=code, source_coding_scheme="MDC",
-                           source_code_meaning=meaning, unit_ucum="uV", sensitivity=1.0,
+    return WaveformChannel(label=label, source_code_value=lead.value,
+                           source_coding_scheme=lead.scheme_designator,
+                           source_code_meaning=lead.meaning, unit_ucum="uV", sensitivity=1.0,
                            sensitivity_correction=1.0, baseline=0.0, filter_low_hz=0.05,
                            filter_high_hz=150.0)
 
 
+_ART = codes.SCT.ArterialPressureWaveform
+_PLETH = codes.SCT.HemodynamicOxygenSaturationWaveform
+_RESP = codes.SCT.RespirationImpedanceWaveform
 CHANNELS: dict[str, WaveformChannel] = {
-    "I": _ecg("I", "2:1", "Lead I"),
-    "II": _ecg("II", "2:2", "Lead II"),
-    "III": _ecg("III", "2:61", "Lead III"),
-    "aVR": _ecg("aVR", "2:62", "aVR, augmented voltage, right"),
-    "aVL": _ecg("aVL", "2:63", "aVL, augmented voltage, left"),
-    "aVF": _ecg("aVF", "2:64", "aVF, augmented voltage, foot"),
-    "V1": _ecg("V1", "2:3", "Lead V1"),
-    "V2": _ecg("V2", "2:4", "Lead V2"),
-    "V3": _ecg("V3", "2:5", "Lead V3"),
-    "V4": _ecg("V4", "2:6", "Lead V4"),
-    "V5": _ecg("V5", "2:7", "Lead V5"),
-    "V6": _ecg("V6", "2:8", "Lead V6"),
-    "ART": WaveformChannel(label="ART", source_code_value="128446002",
-                           source_coding_scheme="SCT",
-                           source_code_meaning="Arterial pressure waveform",
+    # Lead and waveform concepts (CID 3001 ECG leads, CID 3003 hemodynamic, CID 3005
+    # respiration) from pydicom's code dictionary.
+    "I": _ecg("I", codes.MDC.LeadI),
+    "II": _ecg("II", codes.MDC.LeadII),
+    "III": _ecg("III", codes.MDC.LeadIII),
+    "aVR": _ecg("aVR", codes.MDC.AvrAugmentedVoltageRight),
+    "aVL": _ecg("aVL", codes.MDC.AvlAugmentedVoltageLeft),
+    "aVF": _ecg("aVF", codes.MDC.AvfAugmentedVoltageFoot),
+    "V1": _ecg("V1", codes.MDC.LeadV1),
+    "V2": _ecg("V2", codes.MDC.LeadV2),
+    "V3": _ecg("V3", codes.MDC.LeadV3),
+    "V4": _ecg("V4", codes.MDC.LeadV4),
+    "V5": _ecg("V5", codes.MDC.LeadV5),
+    "V6": _ecg("V6", codes.MDC.LeadV6),
+    "ART": WaveformChannel(label="ART",
+                           source_code_value=_ART.value, source_coding_scheme="SCT",
+                           source_code_meaning=_ART.meaning,
                            unit_ucum="mm[Hg]", sensitivity=0.01, sensitivity_correction=1.0,
                            baseline=0.0, filter_low_hz=0.0, filter_high_hz=40.0),
-    "PLETH": WaveformChannel(label="PLETH", source_code_value="128435000",
-                             source_coding_scheme="SCT",
-                             source_code_meaning="Hemodynamic oxygen saturation waveform",
+    "PLETH": WaveformChannel(label="PLETH",
+                             source_code_value=_PLETH.value, source_coding_scheme="SCT",
+                             source_code_meaning=_PLETH.meaning,
                              unit_ucum="%", sensitivity=0.01, sensitivity_correction=1.0,
                              baseline=0.0, filter_low_hz=0.0, filter_high_hz=20.0),
-    "RESP": WaveformChannel(label="RESP", source_code_value="128436004",
-                            source_coding_scheme="SCT",
-                            source_code_meaning="Respiration impedance waveform",
+    "RESP": WaveformChannel(label="RESP",
+                            source_code_value=_RESP.value, source_coding_scheme="SCT",
+                            source_code_meaning=_RESP.meaning,
                             unit_ucum="Ohm", sensitivity=0.001, sensitivity_correction=1.0,
                             baseline=0.0, filter_low_hz=0.0, filter_high_hz=5.0),
 }
