@@ -77,7 +77,8 @@ MOVE_ROOTS = {
 _EXT_RELATIONAL = 0
 _EXT_COMBINED_DATETIME = 1
 
-# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised.
+# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised: what
+# pynetdicom sends for a calling AE title outside AE.require_calling_aet (PS3.8 9.3.4).
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 
@@ -448,6 +449,15 @@ class BridgeScp:
         ae.dimse_timeout = cfg.dimse_timeout_s
         ae.network_timeout = cfg.network_timeout_s
         ae.maximum_pdu_size = cfg.max_pdu_size
+        # The calling AE title allow-list is pynetdicom's (empty: any): it compares the
+        # stripped titles and answers A-ASSOCIATE-RJ calling-AE-title-not-recognised before
+        # any presentation context is negotiated; _on_rejected logs and counts it.
+        try:
+            ae.require_calling_aet = list(cfg.allowed_calling_ae_titles)
+        except ValueError as exc:
+            raise DicomOrError("allowed_calling_ae_titles", "entries must be AE titles "
+                               "(1-16 characters, not only spaces, no backslash)",
+                               cfg.allowed_calling_ae_titles) from exc
         ae.add_supported_context(sc.Verification)
         for uid in (*FIND_ROOTS, *MOVE_ROOTS, *GET_ROOTS):
             ae.add_supported_context(uid)
@@ -467,7 +477,7 @@ class BridgeScp:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
-            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_SOP_EXTENDED, self._on_sop_extended),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
@@ -498,23 +508,24 @@ class BridgeScp:
 
     # --- association ---------------------------------------------------------------
 
-    def _on_requested(self, event: evt.Event) -> None:
-        """Refuse calling AE titles outside the allow-list before any negotiation (PS3.8
-        9.3.4: rejected-permanent, service-user, calling-AE-title-not-recognized). Hosts
-        outside ``allowed_hosts`` never get this far: server.py closes them at accept."""
-        cfg = self.config
-        calling = event.assoc.requestor.primitive.calling_ae_title.strip()
-        host = event.assoc.requestor.address
-        if not cfg.allowed_calling_ae_titles or calling in cfg.allowed_calling_ae_titles:
-            return
-        with self._lock:
-            self.rejected += 1
-        self.log.warning("rejected association from %s@%s: calling AE title not in the "
-                         "allow-list", calling, host)
-        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
-        # As pynetdicom's own rejections do: wait until the DUL has sent the A-ASSOCIATE-RJ
-        # and closed the transport, or the socket is shut before the reject leaves.
-        event.assoc.kill()
+    def _on_rejected(self, event: evt.Event) -> None:
+        """Log and count the associations pynetdicom rejected: a calling AE title outside
+        ``allowed_calling_ae_titles`` (``AE.require_calling_aet``; PS3.8 9.3.4
+        rejected-permanent, service-user, calling-AE-title-not-recognized) counts in
+        :attr:`rejected`. Hosts outside ``allowed_hosts`` never get this far: server.py
+        closes them at accept."""
+        assoc = event.assoc
+        answer = assoc.acceptor.primitive
+        reason = (answer.result, answer.result_source, answer.diagnostic)
+        calling, host = assoc.requestor.ae_title, assoc.requestor.address
+        if reason == _REJECT_CALLING_AE:
+            with self._lock:
+                self.rejected += 1
+            self.log.warning("rejected association from %s@%s: calling AE title not in the "
+                             "allow-list", calling, host)
+        else:
+            self.log.warning("rejected association from %s@%s (result, source, reason %s)",
+                             calling, host, reason)
 
     def _on_sop_extended(self, event: evt.Event) -> dict:
         """Accept relational queries and combined date-time matching when asked."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -27,6 +28,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.ros2_uri import parse
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
@@ -256,7 +258,9 @@ def test_max_associations_rejects_the_extra_one():
 
 
 def test_calling_ae_and_host_allow_lists(caplog):
-    with running_scp(allowed_calling_ae_titles=["GOOD_SCU"]) as scp:
+    # pynetdicom's AE.require_calling_aet holds the list; titles compare without the
+    # non-significant spaces (PS3.5 6.2 AE).
+    with running_scp(allowed_calling_ae_titles=["GOOD_SCU ", "OTHER"]) as scp:
         ok = scu(sc.Verification, ae_title="GOOD_SCU").associate("127.0.0.1", scp.port,
                                                                   ae_title="DICOM_OR")
         assert ok.is_established
@@ -264,13 +268,28 @@ def test_calling_ae_and_host_allow_lists(caplog):
         with caplog.at_level("WARNING", logger="test.scp"):
             bad = scu(sc.Verification, ae_title="EVIL").associate("127.0.0.1", scp.port,
                                                                   ae_title="DICOM_OR")
-        assert bad.is_rejected
+            assert bad.is_rejected
+            # rejected-permanent, service-user, calling AE title not recognised
+            rj = bad.acceptor.primitive
+            assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)
+            # The acceptor logs once the reject is on its way: wait for it, bounded.
+            deadline = time.monotonic() + 5.0
+            while scp.rejected < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
         assert scp.rejected == 1
-        assert any("EVIL" in r.getMessage() for r in caplog.records)
+        assert any("EVIL" in r.getMessage() and "allow-list" in r.getMessage()
+                   for r in caplog.records)
     with running_scp(allowed_hosts=["10.1.2.3"]) as scp:
         # Closed at accept, before any PDU (dicom_or_bridge.server; test_server.py).
         bad = scu(sc.Verification).associate("127.0.0.1", scp.port, ae_title="DICOM_OR")
         assert not bad.is_established
+
+
+def test_calling_ae_allow_list_entry_that_is_no_ae_title_fails_start():
+    with pytest.raises(DicomOrError) as raised:
+        with running_scp(allowed_calling_ae_titles=["GOOD_SCU", "A_TITLE_OF_20_CHARS"]):
+            pass
+    assert raised.value.field == "allowed_calling_ae_titles"
 
 
 def test_tls(tmp_path):
