@@ -44,7 +44,6 @@ from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
     StoragePresentationContexts,
-    _config,
     build_context,
     evt,
 )
@@ -57,6 +56,7 @@ from dicom_or_bridge.server import BridgeServer, ConnectionLimits, resolve_hosts
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.qr import query as q
 from dicom_or_core.qr.model import ModelStore
+from dicom_or_core.scu.compat import send_stored_files_chunked, set_raw_move_destination
 
 log = logging.getLogger("dicom_or_bridge.scp")
 
@@ -153,7 +153,7 @@ def storage_transfer_syntaxes(sop_class_uid: str) -> list[str]:
 # before the C-STORE-RQ leaves: a 300 MB video was read, then copied, before the first
 # byte, and a large SR converted element by element. Association.send_c_store() itself can
 # send a file path in chunks of the peer's maximum PDU size without decoding it
-# (_config.STORE_SEND_CHUNKED_DATASET), given a presentation context with exactly the
+# (``send_stored_files_chunked``), given a presentation context with exactly the
 # file's transfer syntax. The handlers therefore yield an ArchivedFile placeholder (UIDs
 # and File Meta only), and the association that sends it gets a send_c_store() that
 # passes the file's path when an exact context was accepted, and the fully read Dataset
@@ -161,7 +161,7 @@ def storage_transfer_syntaxes(sop_class_uid: str) -> list[str]:
 #
 # With chunked sending on, pynetdicom's send_c_store(<path>) never converts; the bridge
 # process sends paths only through the wrapper below, which checks the context first.
-_config.STORE_SEND_CHUNKED_DATASET = True
+send_stored_files_chunked()
 
 # The DUL queue between send_c_store() and the socket is unbounded, and reading a file is
 # faster than the network: without a bound, the whole file sat in the queue (~file size of
@@ -279,7 +279,7 @@ def _lenient_move_destination(primitive: C_MOVE, value: str | bytes | None) -> N
         _STRICT_MOVE_DESTINATION.fset(primitive, value)
     except (TypeError, ValueError):
         text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        primitive._move_destination = text  # refused by BridgeScp._on_move with 0xA801
+        set_raw_move_destination(primitive, text)  # refused by _on_move with 0xA801
 
 
 if getattr(_STRICT_MOVE_DESTINATION.fset, "__name__", "") != "_lenient_move_destination":

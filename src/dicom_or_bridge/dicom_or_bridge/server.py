@@ -45,7 +45,8 @@ order a connection meets them:
    (pynetdicom's own idle timer only runs between PDUs).
 
 Everything that relies on pynetdicom internals is in :func:`adopt_connection`, which checks
-the pynetdicom version first.
+the pynetdicom version first; the private attribute it needs goes through
+:mod:`dicom_or_core.scu.compat`, pynetdicom's one compatibility shim.
 """
 
 from __future__ import annotations
@@ -61,17 +62,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.scu.compat import check_pynetdicom, create_acceptor_association
 
 log = logging.getLogger("dicom_or_bridge.server")
-
-# The pynetdicom versions adopt_connection() was checked against (see its docstring).
-TESTED_PYNETDICOM = ("3.0.",)
 
 # PS3.8 9.3.1: PDU types.
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
@@ -310,13 +308,14 @@ def adopt_connection(handler: RequestHandler, prefix: bytes, guard: PduGuard,
     through ``guard``.
 
     The one function that relies on pynetdicom internals, checked against
-    :data:`TESTED_PYNETDICOM`: ``RequestHandler._create_association()`` builds the
+    ``compat.TESTED_PYNETDICOM``: ``RequestHandler._create_association()`` (through
+    :func:`dicom_or_core.scu.compat.create_acceptor_association`) builds the
     association (pynetdicom's own set-up, so nothing of it is copied here), and its
     AssociationSocket becomes a :class:`GuardedSocket`, which holds only because the DUL
     (dul.py ``_read_pdu_data``) reads PDUs exclusively through ``AssociationSocket.recv``
     after ``AssociationSocket.ready`` said so. Raises RuntimeError on another version."""
     check_pynetdicom()
-    assoc = handler._create_association()
+    assoc = create_acceptor_association(handler)
     sock = assoc.dul.socket
     assert type(sock) is AssociationSocket, type(sock)
     sock.__class__ = GuardedSocket
@@ -325,16 +324,6 @@ def adopt_connection(handler: RequestHandler, prefix: bytes, guard: PduGuard,
     sock._on_limit = on_limit
     sock._failed = False
     return assoc
-
-
-def check_pynetdicom(version: str | None = None) -> None:
-    """RuntimeError unless ``version`` (default: the installed pynetdicom's) is one
-    :func:`adopt_connection` was checked against."""
-    version = version or pynetdicom.__version__
-    if not version.startswith(TESTED_PYNETDICOM):
-        raise RuntimeError(f"pynetdicom {version} is untested with dicom_or_bridge.server "
-                           f"(tested: {', '.join(TESTED_PYNETDICOM)}x); check "
-                           "adopt_connection() against its transport.py and dul.py")
 
 
 # --- the server ------------------------------------------------------------------------------

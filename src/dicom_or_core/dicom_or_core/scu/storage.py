@@ -42,13 +42,14 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu.compat import send_stored_files_chunked
 
 log = logging.getLogger("dicom_or.storage_scu")
 # The well-known SOP Instance of Storage Commitment Push Model (PS3.4 J.3).
@@ -144,7 +145,7 @@ class StorageSender:
         # Send each file as stored, in PDU-sized chunks, instead of decoding it whole into
         # memory (pynetdicom >= 2.0). Process-wide in pynetdicom: the recorder process is the
         # only one that sends C-STOREs, and it always proposes each file's own syntax.
-        _config.STORE_SEND_CHUNKED_DATASET = True
+        send_stored_files_chunked()
         self._ae = AE(ae_title=config.calling_ae_title)
         self._ae.acse_timeout = config.timeout_s
         self._ae.dimse_timeout = config.timeout_s
