@@ -36,6 +36,7 @@ from dicom_or_core.iod.pose import (
 )
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
+from dicom_or_core.sim.tracker import TrackerSimulator, default_tools
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 
@@ -97,6 +98,64 @@ def descriptor_for(tools):
 def test_quaternion_matrix_round_trip():
     q = np.array([[0, 0, 0, 1], [1, 0, 0, 0], [0, 0.6, 0, 0.8], [0.5, 0.5, 0.5, 0.5]])
     assert np.allclose(matrix_to_quaternion(quaternion_to_matrix(q)), q)
+
+
+def _old_rotvec_to_quaternion(r):
+    """The hand-written conversion rotvec_to_quaternion had before scipy's Rotation."""
+    r = np.asarray(r, dtype=np.float64)
+    angle = np.sqrt(np.einsum("ij,ij->i", r, r))
+    half = 0.5 * angle
+    scale = np.divide(np.sin(half), angle, out=np.full_like(angle, 0.5), where=angle > 1e-8)
+    q = np.empty((len(r), 4))
+    np.multiply(r, scale[:, None], out=q[:, :3])
+    np.cos(half, out=q[:, 3])
+    q[q[:, 3] < 0] *= -1.0
+    return q
+
+
+def _old_quaternion_to_matrix(q):
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    x, y, z, w = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], axis=1)
+
+
+def test_scipy_conversions_equal_the_hand_written_ones():
+    """rotvec_to_quaternion, quaternion_to_matrix and matrix_to_quaternion (scipy) give the
+    former numpy results on the simulated tracker's poses and on edge cases: zero, tiny and
+    half-turn rotations, float32 vectors as read back from GraphicData."""
+    sim = TrackerSimulator(default_tools(4), seed=5)
+    real = np.array([p.orientation for t in np.arange(0, 30, 0.01) for p in sim.poses(t)])
+    rng = np.random.default_rng(3)
+    axes = rng.normal(size=(3000, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    angles = np.concatenate([np.zeros(100), 10.0 ** rng.uniform(-12, -2, 400),
+                             rng.uniform(0, np.pi, 2000), np.pi - 10.0 ** rng.uniform(-9, -3, 300),
+                             np.full(200, np.pi)])
+    vectors = np.concatenate([quaternion_to_rotvec(real), axes * angles[:, None]])
+    for r in (vectors, vectors.astype(np.float32)):
+        got, old = rotvec_to_quaternion(r), _old_rotvec_to_quaternion(r)
+        assert np.all(got[:, 3] >= 0)
+        # Equal, except that a half turn (|w| ~ 1e-16: q and -q both have w >= 0) may come
+        # out with the other sign when the two round |r| to either side of pi.
+        error = np.abs(got - old).max(axis=1)
+        half_turn = np.abs(old[:, 3]) < 1e-15
+        error[half_turn] = np.minimum(error, np.abs(got + old).max(axis=1))[half_turn]
+        assert error.max() < 1e-15
+        assert np.count_nonzero(np.abs(got - old).max(axis=1) > 1e-15) <= half_turn.sum()
+    q = np.concatenate([real, rng.normal(size=(2000, 4))])
+    matrices = quaternion_to_matrix(q)
+    assert np.abs(matrices - _old_quaternion_to_matrix(q)).max() < 1e-14
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 3] < 0] *= -1.0
+    assert np.abs(matrix_to_quaternion(matrices) - q).max() < 1e-14
+    # A half turn (w = 0) has two quaternions; scipy's canonical one is unique.
+    half = matrix_to_quaternion(quaternion_to_matrix(np.array([[-0.6, 0.0, 0.8, 0.0]])))
+    assert np.allclose(half, [[0.6, 0.0, -0.8, 0.0]])
 
 
 def test_rotation_vectors_keep_every_rotation_to_float32_precision():

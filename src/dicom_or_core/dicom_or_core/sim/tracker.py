@@ -74,7 +74,11 @@ def parse_tools(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def quaternion_from_axis_angle(axis: np.ndarray, angle: float) -> tuple[float, ...]:
-    """Unit quaternion (x, y, z, w) of a rotation of ``angle`` rad about ``axis``."""
+    """Unit quaternion (x, y, z, w) of a rotation of ``angle`` rad about ``axis``.
+
+    One pose at a time, so not scipy's ``Rotation``: building one costs ~12 us against
+    ~2.4 us here (and composing two ~14 us against 0.3 us for :func:`_multiply`), paid for
+    every tool at every tracker tick."""
     axis = np.asarray(axis, dtype=float)
     axis = axis / np.linalg.norm(axis)
     s = math.sin(angle / 2)
