@@ -49,6 +49,7 @@ from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu.association import client_ae, peer_name
 from dicom_or_core.scu.compat import send_stored_files_chunked
 
 log = logging.getLogger("dicom_or.storage_scu")
@@ -146,11 +147,7 @@ class StorageSender:
         # memory (pynetdicom >= 2.0). Process-wide in pynetdicom: the recorder process is the
         # only one that sends C-STOREs, and it always proposes each file's own syntax.
         send_stored_files_chunked()
-        self._ae = AE(ae_title=config.calling_ae_title)
-        self._ae.acse_timeout = config.timeout_s
-        self._ae.dimse_timeout = config.timeout_s
-        self._ae.network_timeout = config.timeout_s
-        self._ae.connection_timeout = min(config.timeout_s, 5.0)
+        self._ae = client_ae(config.calling_ae_title, config.timeout_s)
         if config.enabled and config.storage_commitment and config.commitment_port:
             listener = AE(ae_title=config.calling_ae_title)
             listener.add_supported_context(StorageCommitmentPushModel, scu_role=True,
@@ -262,7 +259,7 @@ class StorageSender:
         return True
 
     def _peer(self) -> str:
-        return f"{self.config.ae_title}@{self.config.host}:{self.config.port}"
+        return peer_name(self.config.ae_title, self.config.host, self.config.port)
 
     def _associate(self, files: Iterable[StoredFile]):
         ae = self._ae

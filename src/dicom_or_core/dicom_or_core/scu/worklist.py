@@ -31,6 +31,7 @@ from dicom_or_core.model import context as ctx
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
+from dicom_or_core.scu.association import AssociationFailed, associated, client_ae
 
 log = logging.getLogger(__name__)
 
@@ -170,28 +171,22 @@ class WorklistUnavailable(Exception):
 def query_worklist(peer: WorklistPeer, selection: WorklistSelection) -> list[Dataset]:
     """C-FIND the worklist; raise :class:`WorklistUnavailable` with the reason on any
     network or status failure (never hangs longer than ``peer.timeout_s`` per step)."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    ae = client_ae(peer.calling_ae_title, peer.timeout_s)
     ae.add_requested_context(MWL_FIND)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae_title)
-    if not assoc.is_established:
-        raise WorklistUnavailable(f"no association with {peer.called_ae_title}@{peer.host}:"
-                                  f"{peer.port} (refused, aborted or unreachable)")
     items: list[Dataset] = []
     try:
-        for status, identifier in assoc.send_c_find(worklist_identifier(selection),
-                                                    MWL_FIND):
-            if not status:
-                raise WorklistUnavailable("worklist C-FIND timed out or was aborted")
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01):
-                if identifier is not None:
-                    items.append(identifier)
-            elif code != 0x0000:
-                raise WorklistUnavailable(f"worklist C-FIND failed with status 0x{code:04X}")
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        with associated(ae, peer.host, peer.port, peer.called_ae_title) as assoc:
+            for status, identifier in assoc.send_c_find(worklist_identifier(selection),
+                                                        MWL_FIND):
+                if not status:
+                    raise WorklistUnavailable("worklist C-FIND timed out or was aborted")
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01):
+                    if identifier is not None:
+                        items.append(identifier)
+                elif code != 0x0000:
+                    raise WorklistUnavailable(
+                        f"worklist C-FIND failed with status 0x{code:04X}")
+    except AssociationFailed as exc:
+        raise WorklistUnavailable(str(exc)) from None
     return sort_items(items)
