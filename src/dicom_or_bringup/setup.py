@@ -6,9 +6,11 @@ from glob import glob
 from setuptools import find_packages, setup
 
 package_name = 'dicom_or_bringup'
-# Launch files, graph descriptions and the rviz2 configuration live in the workspace's
-# top-level launch/ and config/ folders; installing them here lets
-# `ros2 launch dicom_or_bringup <file>` and `rviz2 -d $(ros2 pkg prefix ...)` find them.
+# The launch files (standard ROS 2 launch YAML, read by `ros2 launch` and dicom_or_launch
+# alike) and the rviz2 configuration live in the workspace's top-level launch/ and config/
+# folders; installing them here lets `ros2 launch dicom_or_bringup <file>`, the launch files'
+# own `$(find-pkg-share dicom_or_bringup)/launch/...` includes and
+# `rviz2 -d $(ros2 pkg prefix ...)` find them.
 workspace = os.path.join('..', '..')
 
 setup(
@@ -19,8 +21,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch',
-         sorted(glob(os.path.join(workspace, 'launch', '*.launch.py'))
-                + glob(os.path.join(workspace, 'launch', '*.graph.yaml')))),
+         sorted(glob(os.path.join(workspace, 'launch', '*.launch.yaml')))),
         ('share/' + package_name + '/rviz',
          sorted(glob(os.path.join(workspace, 'config', '*.rviz')))),
     ],
@@ -28,7 +29,7 @@ setup(
     zip_safe=True,
     maintainer='dicom_or maintainers',
     maintainer_email='dicom-or@example.org',
-    description='Launch files, graphs, rviz2 config and the OR demo of dicom_or',
+    description='Launch files, rviz2 config and the OR demo of dicom_or',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

@@ -3,7 +3,8 @@
 1. A Modality Worklist SCP (dcmtk ``wlmscpfs``) serving the demo case from
    ``config/worklist/`` when dcmtk is installed; otherwise the session context comes from
    ``config/session_context.yaml``.
-2. The ``or_demo`` graph (:mod:`dicom_or_bringup.graph`): endoscope, tracker, patient
+2. ``launch/or_demo.launch.yaml`` through :mod:`dicom_or_bringup.graph` (the file
+   ``ros2 launch dicom_or_bringup or_demo.launch.yaml`` runs): endoscope, tracker, patient
    monitor, session context, DICOM bridge on 127.0.0.1:11112 (AE ``DICOM_OR``), recorder
    writing to ``./recordings``.
 3. A live status table until Ctrl-C or ``--duration``.

@@ -1,12 +1,13 @@
-"""Run a graph without a ROS 2 distro: the pip user's ``ros2 launch``.
+"""Run a launch file without a ROS 2 distro: the pip user's ``ros2 launch``.
 
-Each node of the resolved graph (:mod:`dicom_or_bringup.graph`, the same description the
-``*.launch.py`` files use) becomes a child process of its installed console script with the
-same ``--ros-args``: node name, namespace, parameter files, overrides (written to a
-parameter file so values keep their YAML types) and remappings. Stopping is orderly: SIGTERM
-to every child (``run_node`` turns it into a clean stop, so recorders finalise their files;
-a child still importing simply ends, as it has written nothing), then SIGKILL after
-each node's grace, the ``sigterm_timeout`` + ``sigkill_timeout`` its graph gives it (the
+Each node of the resolved launch file (:mod:`dicom_or_bringup.graph` reads the same
+``launch/*.launch.yaml`` that ``ros2 launch`` runs) becomes a child process of its installed
+console script with the ``--ros-args`` launch_ros would give it: node name, namespace,
+parameter files and name/value parameters in their order (the latter written to a parameter
+file, as launch_ros does, so values keep their types) and remappings. Stopping is orderly:
+SIGTERM to every child (``run_node`` turns it into a clean stop, so recorders finalise their
+files; a child still importing simply ends, as it has written nothing), then SIGKILL after
+each node's grace, the ``sigterm_timeout`` + ``sigkill_timeout`` of its ``node`` entry (the
 values ``ros2 launch`` uses for the same node); no child outlives the launcher.
 """
 
@@ -21,9 +22,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from dicom_or_bringup import graph
 from dicom_or_bringup.graph import NodeSpec
 from dicom_or_core.model.errors import DicomOrError
 
@@ -57,25 +60,38 @@ def executable_path(spec: NodeSpec) -> Path:
     return path
 
 
-def ros_args(spec: NodeSpec, overrides_file: Path | None) -> list[str]:
-    """``--ros-args`` equivalent to what launch_ros passes for the same Node action."""
+def ros_args(spec: NodeSpec, parameter_files: list[str]) -> list[str]:
+    """``--ros-args`` equivalent to what launch_ros passes for the same node."""
     args = ["--ros-args", "-r", f"__node:={spec.name}", "-r", f"__ns:={spec.namespace}"]
-    for params in spec.parameter_files:
+    for params in parameter_files:
         args += ["--params-file", params]
-    if overrides_file is not None:
-        args += ["--params-file", str(overrides_file)]
-    for source, target in spec.remappings.items():
+    for source, target in spec.remappings:
         args += ["-r", f"{source}:={target}"]
     return args
 
 
-def write_overrides(spec: NodeSpec, folder: Path) -> Path | None:
-    if not spec.overrides:
-        return None
-    path = folder / f"{spec.name}.overrides.yaml"
-    path.write_text(yaml.safe_dump({spec.fully_qualified_name: {
-        "ros__parameters": spec.overrides}}))
-    return path
+def parameter_files(spec: NodeSpec, folder: Path) -> list[str]:
+    """The node's parameters as files, in launch order: each run of name/value parameters
+    written to one file under the node's full name (launch_ros writes such a file too)."""
+    files: list[str] = []
+    run: dict[str, Any] = {}
+
+    def flush() -> None:
+        if run:
+            path = folder / f"{spec.name}.{len(files)}.overrides.yaml"
+            path.write_text(yaml.safe_dump({spec.fully_qualified_name: {
+                "ros__parameters": dict(run)}}))
+            files.append(str(path))
+            run.clear()
+
+    for params in spec.parameters:
+        if isinstance(params, dict):
+            run.update(params)
+        else:
+            flush()
+            files.append(params)
+    flush()
+    return files
 
 
 class ProcessGroup:
@@ -93,8 +109,8 @@ class ProcessGroup:
         # Resolve every executable first, so a missing package fails before anything runs.
         commands = []
         for spec in self.specs:
-            overrides = write_overrides(spec, Path(self._tmp.name))
-            commands.append((spec, [str(executable_path(spec)), *ros_args(spec, overrides)]))
+            files = parameter_files(spec, Path(self._tmp.name))
+            commands.append((spec, [str(executable_path(spec)), *ros_args(spec, files)]))
         for spec, command in commands:
             env = {**self.env, **spec.environment}
             output = None
@@ -190,36 +206,45 @@ def parse_launch_arguments(items: list[str]) -> dict[str, str]:
     return given
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``dicom_or_launch <graph> [name:=value ...]``: run a graph until Ctrl-C."""
-    import argparse
+def show_arguments(arguments: list[graph.Argument]) -> str:
+    """The argument list in ``ros2 launch --show-args``'s layout."""
+    lines = ["Arguments (pass arguments as '<name>:=<value>'):"]
+    for arg in arguments:
+        lines += ["", f"    '{arg.name}':", f"        {arg.description}"]
+        if arg.default is not None:
+            lines.append(f"        (default: '{arg.default}')")
+    return "\n".join(lines)
 
-    from dicom_or_bringup import graph
+
+def main(argv: list[str] | None = None) -> int:
+    """``dicom_or_launch <launch file> [name:=value ...]``: run it until Ctrl-C."""
+    import argparse
 
     parser = argparse.ArgumentParser(
         prog="dicom_or_launch",
-        description="Start a dicom_or graph (the nodes of launch/<graph>.graph.yaml, as "
-                    "'ros2 launch dicom_or_bringup <graph>.launch.py' would) without a ROS 2 "
-                    "distro.")
-    parser.add_argument("graph", help="graph name, e.g. or_demo, bridge, recorder")
+        description="Start the nodes of a dicom_or launch file (launch/<name>.launch.yaml, "
+                    "as 'ros2 launch dicom_or_bringup <name>.launch.yaml' would) without a "
+                    "ROS 2 distro.")
+    parser.add_argument("graph", metavar="launch_file",
+                        help="launch file name, e.g. or_demo, bridge, recorder")
     parser.add_argument("arguments", nargs="*", help="launch arguments name:=value")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--show-args", action="store_true",
-                        help="list the graph's launch arguments and exit")
+                        help="list the launch arguments (those of included files too) "
+                             "and exit")
     parser.add_argument("--print", action="store_true", dest="print_only",
                         help="print the command of every node and exit")
     options = parser.parse_args(argv)
     try:
         if options.show_args:
-            for arg in graph.arguments(options.graph):
-                print(f"{arg.name}:={arg.default!r:<24} {arg.description}")
+            print(show_arguments(graph.arguments(options.graph)))
             return 0
         specs = graph.resolve(options.graph, parse_launch_arguments(options.arguments))
         group = ProcessGroup(specs)
         if options.print_only:
             for spec in specs:
-                overrides = write_overrides(spec, Path(group._tmp.name))
-                print(" ".join([str(executable_path(spec)), *ros_args(spec, overrides)]))
+                files = parameter_files(spec, Path(group._tmp.name))
+                print(" ".join([str(executable_path(spec)), *ros_args(spec, files)]))
             return 0
         signals = StopSignals()
         group.start()
