@@ -52,8 +52,8 @@ from dicom_or_core.model.errors import DicomOrError
 
 SUFFIX = ".launch.yaml"
 PACKAGE = "dicom_or_bringup"
-# launch_ros's defaults for a node's stop: SIGINT, SIGTERM after sigterm_timeout, SIGKILL
-# after sigkill_timeout more (ExecuteLocal's '5').
+# launch's defaults for a node's stop: SIGINT, SIGTERM after sigterm_timeout, SIGKILL
+# after sigkill_timeout more (ExecuteLocal's '5' and '5').
 DEFAULT_SIGTERM_TIMEOUT_S = 5.0
 DEFAULT_SIGKILL_TIMEOUT_S = 5.0
 _TRUE = ("true", "1")
@@ -89,6 +89,7 @@ PARAM_FILE: dict[str, type] = {"from": Str}
 PARAM_VALUE: dict[str, type] = {"name": Str, "value": object, "type": Str}
 REMAP: dict[str, type] = {"from": Str, "to": Str}
 OUTPUTS = ("screen", "log", "both")
+# Substitution name -> how many arguments it takes.
 SUBSTITUTIONS = {"var": 1, "find-pkg-share": 1, "equals": 2}
 
 
