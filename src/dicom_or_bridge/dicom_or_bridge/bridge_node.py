@@ -16,14 +16,14 @@ import sys
 import threading
 from pathlib import Path
 
+import pydicom.config
 from pydicom.dataset import Dataset
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import UInt16
 
-from dicom_or_bridge.ros_access import reader_qos
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
-from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
+from dicom_or_bridge.snapshot import snapshot_dataset
 from dicom_or_core.model import vr
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
@@ -34,9 +34,10 @@ from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import from_msg
 from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_for
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic, discover_streams
+from dicom_or_ros.image import image_to_array
 from dicom_or_ros.logging_bridge import LastProblem
 from dicom_or_ros.params import declare
-from dicom_or_ros.qos import named_qos, overridable
+from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
 _STRINGS = Parameter.Type.STRING_ARRAY
@@ -56,6 +57,9 @@ class DicomBridgeNode(Node):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__("dicom_bridge", **kwargs)
+        # Wildcards and ranges in identifiers are not valid *stored* values; pydicom would
+        # warn about every one of them (a process-wide setting: this node owns the process).
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         p = {}
         p["ae_title"] = declare(self, "ae_title", "DICOM_OR", "AE title of the bridge SCP",
                                 check=_ae_ok, rule="1..16 characters, no backslash")
@@ -220,15 +224,16 @@ class DicomBridgeNode(Node):
                 arrived.set()
 
         sub = self.create_subscription(ImageFrame, descriptor.topic, on_frame,
-                                       reader_qos(descriptor.qos_profile or "video"))
+                                       adapt_request_to_offers(
+                                           self, descriptor.topic,
+                                           named_qos(descriptor.qos_profile or "video")))
         try:
             if not arrived.wait(self._snapshot_timeout):
                 return None
         finally:
             self.destroy_subscription(sub)
         image = got[0].image
-        pixels = frame_pixels(image.encoding, image.width, image.height, image.step,
-                              bytes(image.data))
+        pixels = image_to_array(image)
         stamp = got[0].context.acquisition_time
         acquired_ns = stamp.sec * 1_000_000_000 + stamp.nanosec if stamp.sec else None
         return snapshot_dataset(descriptor, pixels, image.encoding, acquired_ns)
@@ -260,9 +265,5 @@ class DicomBridgeNode(Node):
         self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
 
 
-def main() -> None:
-    # Wildcards and ranges in identifiers are not valid *stored* values; pydicom would
-    # warn about every one of them.
-    import pydicom.config
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    sys.exit(run_node(DicomBridgeNode))
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(DicomBridgeNode, args))

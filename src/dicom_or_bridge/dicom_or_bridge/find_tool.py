@@ -154,7 +154,7 @@ def measure_rate(uri: Ros2Uri, duration_s: float,
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from dicom_or_bridge.ros_access import reader_qos
+    from dicom_or_ros.qos import adapt_request_to_offers, named_qos
     from dicom_or_ros.runtime import apply_transport_defaults
 
     apply_transport_defaults()
@@ -165,7 +165,8 @@ def measure_rate(uri: Ros2Uri, duration_s: float,
     try:
         node = rclpy.create_node("dicom_or_find", context=context)
         node.create_subscription(cls, uri.topic, lambda _m: stamps.append(time.monotonic()),
-                                 reader_qos(uri.qos_profile))
+                                 adapt_request_to_offers(node, uri.topic,
+                                                         named_qos(uri.qos_profile)))
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         start = time.monotonic()

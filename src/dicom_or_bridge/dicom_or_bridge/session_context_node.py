@@ -225,5 +225,5 @@ def _valid(check, required: bool = False):
     return ok
 
 
-def main() -> None:
-    sys.exit(run_node(SessionContextNode))
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(SessionContextNode, args))

@@ -17,28 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicom_or_core.iod.video import build_snapshot
 from dicom_or_core.model import context as ctx
-from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
-
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
-
-
-def frame_pixels(encoding: str, width: int, height: int, step: int, data: bytes) -> np.ndarray:
-    """sensor_msgs/Image bytes as a (rows, columns[, 3]) uint8 array in the image's own
-    channel order; a row ``step`` larger than width * channels (padding) is honoured."""
-    if encoding not in _CHANNELS:
-        raise DicomOrError("image.encoding", f"must be one of {', '.join(_CHANNELS)}",
-                           encoding)
-    channels = _CHANNELS[encoding]
-    row_bytes = width * channels
-    if width <= 0 or height <= 0 or step < row_bytes or len(data) < step * height:
-        raise DicomOrError("image", "width/height/step do not match the data",
-                           (width, height, step, len(data)))
-    rows = np.frombuffer(data, np.uint8, count=step * height).reshape(height, step)
-    pixels = rows[:, :row_bytes]
-    if channels == 3:
-        pixels = pixels.reshape(height, width, 3)
-    return np.ascontiguousarray(pixels)
 
 
 def snapshot_dataset(descriptor: ctx.StreamDescriptor, pixels: np.ndarray, encoding: str,

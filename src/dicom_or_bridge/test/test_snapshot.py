@@ -9,8 +9,9 @@ from bridge_fixtures import VIDEO_SERIES, video
 from dicom_or_test_common.peers import dciodvfy, have
 from pydicom import dcmread
 
-from dicom_or_bridge.snapshot import frame_pixels, snapshot_dataset
+from dicom_or_bridge.snapshot import snapshot_dataset
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.pixels import frame_pixels
 
 
 def test_rgb_bgr_mono_and_row_padding():

@@ -21,9 +21,11 @@ Interfaces:
   one entry per followed stream (received, lost, encoder queue depth, segments, last
   error; STALE when a recording stream went silent, ERROR when it cannot be recorded).
 
-Video is subscribed BEST_EFFORT by default (drivers publish best effort, profile "video");
-``video_reliable: true`` subscribes with "video_recording" for a driver switched to
-RELIABLE. Lost frames are counted from sequence gaps and kept as gaps in the frame timing.
+Every stream is subscribed with what its publishers offer
+(:func:`dicom_or_ros.qos.adapt_request_to_offers`, as rosbag2 records): RELIABLE when every
+publisher is reliable (a driver switched to RELIABLE for lossless capture), else
+BEST_EFFORT (drivers publish video best effort, profile "video"). Lost frames are counted
+from sequence gaps and kept as gaps in the frame timing.
 Video frames are not encoded in the subscription callback: it hands them to the stream's
 :class:`~dicom_or_recorder.video_queue.VideoEncoderQueue` (``video_queue_frames`` deep),
 whose worker thread encodes and journals them; a full queue drops the frame, counted as
@@ -53,7 +55,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile
 
 from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
 from dicom_or_core.model import context as ctx
@@ -97,31 +98,25 @@ from dicom_or_ros.graph import (
     StreamTopic,
     discover_streams,
 )
+from dicom_or_ros.image import image_to_array
 from dicom_or_ros.params import declare
-from dicom_or_ros.qos import named_qos, overridable
+from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
 KIND_OF_TYPE = {IMAGE_FRAME_TYPE: "video", POSE_SAMPLE_TYPE: "pose",
                 WAVEFORM_CHUNK_TYPE: "waveform"}
 MSG_OF_TYPE = {IMAGE_FRAME_TYPE: ImageFrame, POSE_SAMPLE_TYPE: PoseSample,
                WAVEFORM_CHUNK_TYPE: WaveformChunk}
-PROFILE_OF_KIND = {"video": "video", "pose": "pose", "waveform": "waveform"}
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+# History and depth of the sample subscriptions (reliability and durability follow the
+# publishers): video keeps "video_recording"'s 30 frames, so a reliable driver is not
+# throttled by a 2-deep reader.
+PROFILE_OF_KIND = {"video": "video_recording", "pose": "pose", "waveform": "waveform"}
 # Samples taken per wake-up of a stream's thread before it checks for shutdown again.
 MAX_TAKEN_PER_WAKE = 1000
 # /diagnostics: a recording stream silent this long is STALE; a PACS backlog that has not
 # shrunk for this long is WARN (instances are waiting, not just being sent).
 SILENT_STALE_S = 5.0
 BACKLOG_STUCK_S = 60.0
-
-
-def _compatible(profile: QoSProfile) -> QoSProfile:
-    """A subscription profile that matches any publisher of the profile: no deadline or
-    liveliness lease request (a subscriber asking for a shorter one than offered would be
-    incompatible), everything else as named."""
-    return QoSProfile(history=profile.history, depth=profile.depth,
-                      reliability=profile.reliability,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 class _Followed:
@@ -173,9 +168,6 @@ class RecorderNode(Node):
         self.discovery_period_s = declare(
             self, "discovery_period_s", 1.0, "how often the graph is searched for streams",
             check=lambda v: 0.05 <= v <= 60, rule="must be 0.05..60 s")
-        self.video_reliable = declare(
-            self, "video_reliable", False, "subscribe video RELIABLE (profile "
-            "video_recording; the driver must publish reliable) instead of BEST_EFFORT")
         self.video_queue_frames = declare(
             self, "video_queue_frames", 60, "frames a video stream may have waiting for its "
             "encoder (60: 2 s at 30 fps, 373 MB at 1080p); a frame beyond is dropped and "
@@ -416,10 +408,8 @@ class RecorderNode(Node):
         and frames are taken as fast as they come. (Measured: 1080p30 BEST_EFFORT through
         the process's MultiThreadedExecutor lost 44 % of the frames with encoding and 87 %
         with an empty callback; a dedicated single-threaded executor lost none.)"""
-        profile = PROFILE_OF_KIND[followed.kind]
-        if followed.kind == "video" and self.video_reliable:
-            profile = "video_recording"
-        qos = _compatible(named_qos(profile, descriptor.nominal_rate_hz))
+        qos = adapt_request_to_offers(self, followed.topic.topic,
+                                      named_qos(PROFILE_OF_KIND[followed.kind]))
         name = "recorder_" + re.sub(r"[^A-Za-z0-9_]", "_", followed.topic.topic).strip("_")
         # use_global_arguments=False: the launcher's global ``__node:=recorder`` remap
         # would otherwise give every helper node the recorder's name (ROS 2 warns about
@@ -471,7 +461,8 @@ class RecorderNode(Node):
                     video_queue = followed.video_queue
                     if video_queue is None:
                         raise DicomOrError("frame", "the stream's encoder is closed")
-                    image = self._image(recorder.descriptor, msg.image)
+                    d = recorder.descriptor
+                    image = image_to_array(msg.image, d.pixel_encoding, d.columns, d.rows)
                     stamp = time_to_ns(msg.context.acquisition_time)
                     if followed.recording:
                         video_queue.offer(image, stamp, msg.context.sequence)
@@ -518,22 +509,6 @@ class RecorderNode(Node):
             self.get_logger().warning(message)
         else:
             self.get_logger().warning(message, throttle_duration_sec=5.0)
-
-    @staticmethod
-    def _image(descriptor: ctx.StreamDescriptor, image: Any) -> np.ndarray:
-        if image.encoding != descriptor.pixel_encoding or image.height != descriptor.rows \
-                or image.width != descriptor.columns:
-            raise DicomOrError("image", "encoding and size must match the descriptor",
-                               (image.encoding, image.width, image.height))
-        channels = _CHANNELS[image.encoding]
-        data = np.frombuffer(image.data, dtype=np.uint8)
-        if data.size < image.step * image.height or image.step < image.width * channels:
-            raise DicomOrError("image", "data shorter than step x height", data.size)
-        rows = data[: image.step * image.height].reshape(image.height, image.step)
-        pixels = rows[:, : image.width * channels]
-        shape = (image.height, image.width) if channels == 1 else \
-            (image.height, image.width, channels)
-        return np.ascontiguousarray(pixels).reshape(shape)
 
     # -- control -------------------------------------------------------------------------
 
@@ -817,5 +792,5 @@ class RecorderNode(Node):
                                "recorded segment is final")
 
 
-def main() -> None:
-    sys.exit(run_node(RecorderNode))
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(RecorderNode, args))

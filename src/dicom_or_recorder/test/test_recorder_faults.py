@@ -42,8 +42,7 @@ FRAME_NS = 33_333_333
 
 def start_recorder(tmp_path: Path, domain: int, *params: str) -> subprocess.Popen:
     args = [console_script("recorder"), "--ros-args", "-p", f"recordings_dir:={tmp_path}",
-            "-p", "discovery_period_s:=0.2", "-p", "status_period_s:=0.2",
-            "-p", "video_reliable:=true"]
+            "-p", "discovery_period_s:=0.2", "-p", "status_period_s:=0.2"]
     for p in params:
         args += ["-p", p]
     log = open(tmp_path.parent / f"recorder-{time.monotonic_ns()}.log", "w")

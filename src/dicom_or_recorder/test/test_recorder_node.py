@@ -23,6 +23,7 @@ from dicom_or_test_common.peers import dciodvfy, have
 from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context, spin_until
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from recorder_fixtures import StreamPublisher, console_script, stream_status
 
 from dicom_or_core.iod.pose import read_pose_sr
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def make(rctx, tmp_path, descriptors, video_profile="video_recording", **params):
     overrides = {"recordings_dir": str(tmp_path), "discovery_period_s": 0.1,
-                 "status_period_s": 0.2, "video_reliable": True, **params}
+                 "status_period_s": 0.2, **params}
     pub = StreamPublisher(descriptors, video_profile=video_profile, context=rctx)
     rec = RecorderNode(context=rctx, parameter_overrides=[
         Parameter(k, value=v) for k, v in overrides.items()])
@@ -165,12 +166,19 @@ def test_a_stream_outside_its_iod_is_refused_visibly(tmp_path):
             pub.destroy_node()
 
 
-def test_best_effort_video_from_a_default_driver_is_received(tmp_path):
+@pytest.mark.parametrize("video_profile,reliability", [
+    ("video", ReliabilityPolicy.BEST_EFFORT), ("video_recording", ReliabilityPolicy.RELIABLE)])
+def test_video_subscription_follows_the_driver_reliability(tmp_path, video_profile,
+                                                           reliability):
+    """A default (best-effort) driver's frames are received; a driver switched to RELIABLE
+    gets a RELIABLE subscription (lossless capture), with no recorder switch."""
     d = {"video": example_descriptor("video")}
     with ros_context() as rctx:
-        pub, rec, ex = make(rctx, tmp_path, d, video_profile="video", video_reliable=False)
+        pub, rec, ex = make(rctx, tmp_path, d, video_profile=video_profile)
         try:
             assert spin_until(ex, pub.subscribed, 20)
+            sub = rec._followed[d["video"].topic].sample_sub
+            assert sub.qos_profile.reliability == reliability
             t0 = now_ns()
             for i in range(5):
                 pub.video("video", synthetic_rgb(240, 320, i), t0 + i * 33_333_333, i)

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.pixels import PIXEL_ENCODINGS  # noqa: F401 (part of the model)
 from dicom_or_core.model.stream import StreamKind
 
 # Short names for the kinds (model/stream.py defines them).
@@ -24,7 +25,6 @@ KIND_VIDEO = StreamKind.VIDEO
 KIND_POSE = StreamKind.POSE
 KIND_WAVEFORM = StreamKind.WAVEFORM
 KIND_NAMES = {kind: kind.label for kind in StreamKind}
-PIXEL_ENCODINGS = ("rgb8", "bgr8", "mono8")
 SEXES = ("", "M", "F", "O")
 
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.model.pixels import CHANNELS
 
 SYNC = 0xA5
 LOW, HIGH = 16, 235
 _BITS = 8 + 32 + 64 + 16
 MIN_WIDTH, MIN_HEIGHT = 96, 64
-CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 
 
 def crc16(data: bytes) -> int:
