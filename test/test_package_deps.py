@@ -10,7 +10,8 @@ package nobody needs. For each package under src/ this test reads its Python sou
 * tests (``src/<pkg>/test/``) may import that, or a ``test_depend``; the third-party
   imports of the test support modules they use (test/support) count as theirs;
 * every ``exec_depend`` / ``depend`` is imported by the installed modules (bringup's launch
-  graphs also use the packages whose nodes they start), and every ``test_depend`` by the
+  files also use the packages whose nodes they start or whose share they read, and the
+  launch frontend), and every ``test_depend`` by the
   tests, except the few runtime-only dependencies in :data:`RUNTIME_ONLY`;
 * an interface package (dicom_or_msgs) depends on every package its msg/srv fields name.
 
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -163,15 +163,25 @@ def installed_sources(package: Path) -> list[Path]:
     return files
 
 
+_LAUNCHED = re.compile(r"\b(?:pkg|package):\s*([a-z][a-z0-9_]*)"
+                       r"|\$\(find-pkg-share ([a-z][a-z0-9_]*)\)")
+# What `ros2 launch` needs to run a YAML launch file: the frontend, its parser, node actions.
+LAUNCH_YAML_FRONTEND = {"launch", "launch_yaml", "launch_ros"}
+
+
 def launched_packages(package: Path) -> set[str]:
-    """Packages whose nodes the launch graphs installed by ``package`` start."""
+    """Packages the launch files installed by ``package`` use: the nodes they start, the
+    shares they read, and the launch frontend that runs them."""
     if package.name != "dicom_or_bringup":
         return set()
     used = set()
-    for graph in (ROOT / "launch").glob("*.graph.yaml"):
-        for node in yaml.safe_load(graph.read_text()).get("nodes", []):
-            used.add(node["package"])
-    return used
+    launch_files = sorted((ROOT / "launch").glob("*.yaml"))
+    for path in launch_files:
+        for match in _LAUNCHED.finditer(path.read_text()):
+            used.add(match.group(1) or match.group(2))
+    if any(p.name.endswith(".launch.yaml") for p in launch_files):
+        used |= LAUNCH_YAML_FRONTEND
+    return used - {package.name}
 
 
 def check_python_package(package: Path, manifest: Manifest) -> list[str]:
@@ -188,7 +198,9 @@ def check_python_package(package: Path, manifest: Manifest) -> list[str]:
         if name not in WORKSPACE:
             tests.setdefault(name, set()).update(files)
     used_run, used_test = launched_packages(package), set()
-    flagged: set[str] = set()
+    problems += [f"{key} undeclared: the installed launch files use it; declare it as "
+                 "exec_depend" for key in sorted(used_run - manifest.run)]
+    flagged: set[str] = set(used_run)
     for names, used, allowed, where in (
             (installed, used_run, manifest.run, "exec_depend"),
             (tests, used_test, manifest.run | manifest.test, "test_depend or exec_depend")):
