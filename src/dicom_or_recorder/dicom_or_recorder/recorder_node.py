@@ -54,7 +54,6 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
 from dicom_or_core.model import context as ctx
@@ -69,7 +68,6 @@ from dicom_or_msgs.msg import (
 )
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_recorder.segments import (
-    VIDEO_MODES,
     PoseRecorder,
     RecorderOptions,
     StreamRecorder,
@@ -99,7 +97,7 @@ from dicom_or_ros.graph import (
     discover_streams,
 )
 from dicom_or_ros.image import image_to_array
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
@@ -147,108 +145,28 @@ class RecorderNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("recorder", **kwargs)
-        strings = Parameter.Type.STRING_ARRAY
-        self.recordings_dir = declare(
-            self, "recordings_dir", "recordings", "archive root: <Study>/<Series>/<SOP>.dcm "
-            "(the bridge's archive_dir)", check=bool, rule="must not be empty")
-        self.record_on_start = declare(
-            self, "record_on_start", True, "record every followed stream as soon as it is "
-            "live (false: wait for a START request)")
-        self.kinds = declare(
-            self, "kinds", [], "stream kinds to follow: video, waveform, pose (empty: all)",
-            param_type=strings, check=lambda v: set(v) <= set(KIND_OF_TYPE.values()),
-            rule="only video, waveform, pose")
-        self.topics = declare(
-            self, "topics", [], "sample topics to follow (empty: all)", param_type=strings,
-            check=lambda v: all(t.startswith("/") for t in v),
-            rule="fully qualified topic names")
-        self.series_filter = declare(
-            self, "series_instance_uids", [], "Series to follow (empty: all)",
-            param_type=strings, check=lambda v: all(v), rule="no empty UID")
-        self.discovery_period_s = declare(
-            self, "discovery_period_s", 1.0, "how often the graph is searched for streams",
-            check=lambda v: 0.05 <= v <= 60, rule="must be 0.05..60 s")
-        self.video_queue_frames = declare(
-            self, "video_queue_frames", 60, "frames a video stream may have waiting for its "
-            "encoder (60: 2 s at 30 fps, 373 MB at 1080p); a frame beyond is dropped and "
-            "counted (dropped_backpressure)", check=lambda v: 1 <= v <= 1000,
-            rule="must be 1..1000")
-        self.video_queue_mib = declare(
-            self, "video_queue_mib", 512, "memory a video stream's waiting frames may use "
-            "(MiB); caps video_queue_frames for large frames (4K: 21 frames)",
-            check=lambda v: 16 <= v <= 16384, rule="must be 16..16384 MiB")
-        options = RecorderOptions(
-            max_segment_s=declare(self, "max_segment_s", 300.0, "longest instance (s); "
-                                  "longer recordings become more instances of the Series",
-                                  check=lambda v: 1.0 <= v <= 3600.0,
-                                  rule="must be 1..3600 s"),
-            max_segment_bytes=declare(self, "max_segment_bytes", 2 * 1024**3, "largest "
-                                      "instance (bytes of samples); the segment is cut "
-                                      "before", check=lambda v: 1 << 20 <= v <= 4 * 1024**3 - 2,
-                                      rule="must be 1 MiB..4 GiB"),
-            video_mode=declare(self, "video_mode", "auto", "auto (H.264 L4.1/4.2, HEVC "
-                               "above), h264, hevc, mpeg2 or lossless (multi-frame SC)",
-                               check=lambda v: v in VIDEO_MODES,
-                               rule=f"must be one of {', '.join(VIDEO_MODES)}"),
-            video_quality=declare(self, "video_quality", 18, "CRF of H.264/HEVC (lower is "
-                                  "better; 18 keeps PSNR above 40 dB)",
-                                  check=lambda v: 0 <= v <= 51, rule="must be 0..51"),
-            video_preset=declare(self, "video_preset", "superfast", "x264/x265 preset",
-                                 check=lambda v: v in ("ultrafast", "superfast", "veryfast",
-                                                       "faster", "fast", "medium"),
-                                 rule="ultrafast, superfast, veryfast, faster, fast or "
-                                      "medium"),
-            max_poses_per_instance=declare(self, "max_poses_per_instance", 0,
-                                           "largest pose SR (poses); 0: bounded by "
-                                           "duration and size only",
-                                           check=lambda v: v >= 0, rule="must be >= 0"),
-            max_clock_skew_s=declare(self, "max_clock_skew_s", 30.0, "a sample stamped "
-                                     "further ahead of this host's clock is refused "
-                                     "(counted): its time is not a clock reading",
-                                     check=lambda v: 0.001 <= v <= 86400,
-                                     rule="must be 0.001..86400 s"),
-        )
-        self.options = options.validate()
-        fsync_interval_s = declare(self, "fsync_interval_s", 0.5, "journal fsync period: "
-                                   "what a power loss can cost (a process crash costs "
-                                   "nothing acknowledged)", check=lambda v: 0 <= v <= 10,
-                                   rule="must be 0..10 s")
-        commitment = declare(self, "storage_commitment", True, "ask the PACS for Storage "
-                             "Commitment before an instance counts as safe")
+        # Every parameter, its type, default and rule: recorder_parameters.yaml.
+        p = self.params = load_parameters(self, "dicom_or_recorder",
+                                          "recorder_parameters.yaml")
+        self.recordings_dir, self.record_on_start = p.recordings_dir, p.record_on_start
+        self.kinds, self.topics, self.series_filter = p.kinds, p.topics, p.series_instance_uids
+        self.discovery_period_s = p.discovery_period_s
+        self.video_queue_frames, self.video_queue_mib = p.video_queue_frames, p.video_queue_mib
+        self.options = RecorderOptions(
+            max_segment_s=p.max_segment_s, max_segment_bytes=p.max_segment_bytes,
+            video_mode=p.video_mode, video_quality=p.video_quality,
+            video_preset=p.video_preset, max_poses_per_instance=p.max_poses_per_instance,
+            max_clock_skew_s=p.max_clock_skew_s).validate()
+        fsync_interval_s = p.fsync_interval_s
         pacs = PacsConfig(
-            ae_title=declare(self, "pacs_ae_title", "", "called AE title of the PACS"),
-            host=declare(self, "pacs_host", "127.0.0.1", "PACS host"),
-            port=declare(self, "pacs_port", 0, "PACS port; 0 = local-only mode",
-                         check=lambda v: 0 <= v <= 65535, rule="must be 0..65535"),
-            calling_ae_title=declare(self, "calling_ae_title", "DICOM_OR_REC",
-                                     "this recorder's AE title"),
-            storage_commitment=commitment,
-            commitment_port=declare(self, "commitment_port", 0, "port for the PACS's "
-                                    "N-EVENT-REPORT association (0: same association)",
-                                    check=lambda v: 0 <= v <= 65535, rule="0..65535"),
-            commitment_timeout_s=declare(self, "commitment_timeout_s", 30.0, "wait for "
-                                         "the commitment report", check=lambda v: v > 0,
-                                         rule="must be > 0"),
-            initial_backoff_s=declare(self, "initial_backoff_s", 1.0, "first retry delay",
-                                      check=lambda v: v > 0, rule="must be > 0"),
-            max_backoff_s=declare(self, "max_backoff_s", 60.0, "longest retry delay",
-                                  check=lambda v: v > 0, rule="must be > 0"),
-        ).validate()
-        self.retention_days = declare(
-            self, "retention_days", 0.0, "delete local files of instances safe in the PACS "
-            "(committed, or stored without commitment) after this many days; 0 = keep",
-            check=lambda v: v >= 0, rule="must be >= 0")
-        status_period_s = declare(self, "status_period_s", 1.0, "status publish period",
-                                  check=lambda v: 0.1 <= v <= 60, rule="must be 0.1..60 s")
-        self.disk_warn_free_mib = declare(
-            self, "disk_warn_free_mib", 2048, "warn (log and status disk.low) when the "
-            "recordings folder's file system has less free space than this (MiB)",
-            check=lambda v: v >= 0, rule="must be >= 0")
-        self.shutdown_timeout_s = declare(
-            self, "shutdown_timeout_s", 2.0, "on SIGINT / SIGTERM, how long queued video "
-            "frames may still be encoded before the rest is dropped (counted); the last "
-            "segments are then finalised", check=lambda v: 0 <= v <= 60,
-            rule="must be 0..60 s")
+            ae_title=p.pacs_ae_title, host=p.pacs_host, port=p.pacs_port,
+            calling_ae_title=p.calling_ae_title, storage_commitment=p.storage_commitment,
+            commitment_port=p.commitment_port, commitment_timeout_s=p.commitment_timeout_s,
+            initial_backoff_s=p.initial_backoff_s, max_backoff_s=p.max_backoff_s).validate()
+        self.retention_days = p.retention_days
+        status_period_s = p.status_period_s
+        self.disk_warn_free_mib = p.disk_warn_free_mib
+        self.shutdown_timeout_s = p.shutdown_timeout_s
 
         try:
             self.spool = Spool(self.recordings_dir, fsync_interval_s)
