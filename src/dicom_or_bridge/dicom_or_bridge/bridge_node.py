@@ -12,6 +12,7 @@ SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr.model`).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from pathlib import Path
@@ -19,12 +20,10 @@ from pathlib import Path
 import pydicom.config
 from pydicom.dataset import Dataset
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from std_msgs.msg import UInt16
 
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
 from dicom_or_bridge.snapshot import snapshot_dataset
-from dicom_or_core.model import vr
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.stream import StreamState
@@ -36,20 +35,11 @@ from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_f
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic, discover_streams
 from dicom_or_ros.image import image_to_array
 from dicom_or_ros.logging_bridge import LastProblem
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
-_STRINGS = Parameter.Type.STRING_ARRAY
 PROBLEM_WINDOW_S = 60.0  # a logged problem keeps the bridge's health at WARN this long
-
-
-def _ae_ok(value: str) -> bool:
-    try:
-        vr.check_ae("ae", value)
-    except DicomOrError:
-        return False
-    return bool(value.strip())
 
 
 class DicomBridgeNode(Node):
@@ -60,83 +50,18 @@ class DicomBridgeNode(Node):
         # Wildcards and ranges in identifiers are not valid *stored* values; pydicom would
         # warn about every one of them (a process-wide setting: this node owns the process).
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        p = {}
-        p["ae_title"] = declare(self, "ae_title", "DICOM_OR", "AE title of the bridge SCP",
-                                check=_ae_ok, rule="1..16 characters, no backslash")
-        p["host"] = declare(self, "host", "127.0.0.1", "address to listen on (0.0.0.0 = all)",
-                            check=bool, rule="must not be empty")
-        p["port"] = declare(self, "port", 11112, "TCP port; 0 = any free port (logged and "
-                            "published on ~/port)", check=lambda v: 0 <= v < 65536,
-                            rule="must be 0..65535")
-        p["allowed_calling_ae_titles"] = declare(
-            self, "allowed_calling_ae_titles", [], "calling AE titles allowed to "
-            "associate; empty = any", param_type=_STRINGS,
-            check=lambda v: all(_ae_ok(a) for a in v),
-            rule="each must be a valid AE title")
-        p["allowed_hosts"] = declare(self, "allowed_hosts", [], "peer IP addresses or host "
-                                     "names (resolved at start) allowed to connect; others "
-                                     "are closed at accept; empty = any",
-                                     param_type=_STRINGS,
-                                     check=lambda v: all(h.strip() for h in v),
-                                     rule="entries must not be empty")
-        p["max_associations"] = declare(self, "max_associations", 64, "concurrent "
-                                        "associations (from the A-ASSOCIATE-RQ on); more are "
-                                        "rejected (transient)",
-                                        check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
-        p["max_pending_connections"] = declare(
-            self, "max_pending_connections", 128, "connections accepted whose "
-            "A-ASSOCIATE-RQ is not complete yet; more are rejected (transient)",
-            check=lambda v: 1 <= v <= 1000, rule="must be 1..1000")
-        p["association_request_timeout_s"] = declare(
-            self, "association_request_timeout_s", 5.0, "time from accept (TLS handshake "
-            "included) to a complete A-ASSOCIATE-RQ; then the connection is closed",
-            check=lambda v: 0 < v <= 600, rule="must be in (0, 600]")
-        for name, default, text in (("acse_timeout_s", 30.0, "association negotiation"),
-                                    ("dimse_timeout_s", 30.0, "a DIMSE message"),
-                                    ("network_timeout_s", 60.0, "an idle connection")):
-            p[name] = declare(self, name, default, f"timeout of {text}, seconds",
-                              check=lambda v: 0 < v <= 3600, rule="must be in (0, 3600]")
-        p["max_pdu_size"] = declare(self, "max_pdu_size", 65536, "maximum PDU size received",
-                                    check=lambda v: v == 0 or 4096 <= v <= 2**24,
-                                    rule="must be 0 (unlimited) or 4096..16777216")
-        p["max_identifier_bytes"] = declare(self, "max_identifier_bytes", 65536,
-                                            "larger C-FIND/GET/MOVE identifiers are refused "
-                                            "(0xC000)", check=lambda v: v >= 256,
-                                            rule="must be >= 256")
-        p["max_message_bytes"] = declare(
-            self, "max_message_bytes", 1 << 20, "a received DIMSE command or data set "
-            "larger than this aborts the association", check=lambda v: v >= 4096,
-            rule="must be >= 4096 and >= max_identifier_bytes")
-        p["max_message_fragments"] = declare(
-            self, "max_message_fragments", 1024, "a received DIMSE command or data set "
-            "in more P-DATA fragments aborts the association",
-            check=lambda v: 1 <= v <= 1 << 20, rule="must be 1..1048576")
-        p["max_matches"] = declare(self, "max_matches", 10000, "C-FIND stops with 0xA700 "
-                                   "beyond this many matches", check=lambda v: v >= 1,
-                                   rule="must be >= 1")
-        move = declare(self, "move_destinations", [], "C-MOVE destinations, AE@host:port",
-                       param_type=_STRINGS)
-        p["tls_cert"] = declare(self, "tls_cert", "", "PEM certificate: enables DICOM TLS")
-        p["tls_key"] = declare(self, "tls_key", "", "PEM private key of tls_cert")
-        p["tls_ca"] = declare(self, "tls_ca", "", "PEM CA bundle; when set, clients must "
-                              "present a certificate it signed")
-        archive_dir = declare(self, "archive_dir", "recordings", "recorder output folder "
-                              "<Study>/<Series>/<SOP>.dcm served at IMAGE level and by "
-                              "C-GET / C-MOVE", check=bool, rule="must not be empty")
-        self._discovery_period = declare(
-            self, "discovery_period_s", 0.25, "how often the graph is scanned for streams",
-            check=lambda v: 0.01 <= v <= 5.0, rule="must be 0.01..5 s")
-        rescan = declare(self, "archive_rescan_s", 1.0, "archive rescan period, seconds",
-                         check=lambda v: 0 <= v <= 3600, rule="must be 0..3600")
-        self._snapshot_timeout = declare(
-            self, "snapshot_timeout_s", 2.0, "C-GET / C-MOVE of a live video series: how "
-            "long to wait for a frame to snapshot; 0 disables snapshots",
-            check=lambda v: 0 <= v <= 30, rule="must be 0..30 s")
+        # Every parameter, its type, default and rule: bridge_parameters.yaml.
+        p = self.params = load_parameters(self, "dicom_or_bridge", "bridge_parameters.yaml")
+        self._discovery_period = p.discovery_period_s
+        self._snapshot_timeout = p.snapshot_timeout_s
+        archive_dir, rescan, move = p.archive_dir, p.archive_rescan_s, p.move_destinations
         destinations = {}
         for entry in move:
             ae, host, port = parse_destination(entry)
             destinations[ae] = (host, port)
-        config = ScpConfig(move_destinations=destinations, **p)
+        config = ScpConfig(move_destinations=destinations, **{
+            f.name: getattr(p, f.name) for f in dataclasses.fields(ScpConfig)
+            if f.name != "move_destinations"})
         self.store = ModelStore(ArchiveIndex(Path(archive_dir)),
                                 domain_id=int(self.context.get_domain_id()),
                                 retrieve_ae_title=config.ae_title, archive_rescan_s=rescan)

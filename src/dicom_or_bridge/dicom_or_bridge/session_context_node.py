@@ -18,6 +18,7 @@ Reference UID (one per session).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import sys
 import threading
@@ -26,7 +27,6 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from dicom_or_core.model import context as ctx
-from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
 from dicom_or_core.scu import worklist as wl
@@ -34,11 +34,9 @@ from dicom_or_msgs.msg import SessionContext as SessionContextMsg
 from dicom_or_ros.convert import to_msg
 from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_for
 from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
-
-SOURCES = ("worklist", "parameters")
 
 
 class SessionContextNode(Node):
@@ -46,12 +44,10 @@ class SessionContextNode(Node):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__("session_context", **kwargs)
-        self.source = declare(self, "source", "parameters", "worklist or parameters",
-                              check=lambda v: v in SOURCES, rule="must be worklist or "
-                              "parameters")
-        self.operating_room = declare(self, "operating_room", "", "PerformedLocation of "
-                                      "this OR (SH); default: the step's location",
-                                      check=_valid(vr.check_sh), rule="SH: at most 16 chars")
+        # Every parameter, its type, default and rule: session_context_parameters.yaml.
+        self.params = load_parameters(self, "dicom_or_bridge",
+                                      "session_context_parameters.yaml")
+        self.source, self.operating_room = self.params.source, self.params.operating_room
         self._pub = self.create_publisher(SessionContextMsg, SESSION_CONTEXT_TOPIC,
                                           named_qos("descriptor"),
                                           qos_overriding_options=overridable())
@@ -72,26 +68,11 @@ class SessionContextNode(Node):
     # --- configuration ---------------------------------------------------------------
 
     def _declare_worklist(self) -> None:
-        host = declare(self, "worklist_host", "127.0.0.1", "worklist SCP host", check=bool,
-                       rule="must not be empty")
-        port = declare(self, "worklist_port", 104, "worklist SCP port",
-                       check=lambda v: 0 < v < 65536, rule="must be 1..65535")
-        called = declare(self, "worklist_ae_title", "WORKLIST", "worklist SCP AE title",
-                         check=_valid(vr.check_ae, required=True), rule="AE title, 1..16")
-        calling = declare(self, "calling_ae_title", "DICOM_OR_CTX", "our AE title",
-                          check=_valid(vr.check_ae, required=True), rule="AE title, 1..16")
-        timeout = declare(self, "timeout_s", 10.0, "network timeout per step, seconds",
-                          check=lambda v: 0 < v <= 300, rule="must be in (0, 300]")
-        self.retry_period_s = declare(self, "retry_period_s", 5.0, "retry period while the "
-                                      "worklist is unreachable, seconds",
-                                      check=lambda v: 0.1 <= v <= 3600,
-                                      rule="must be 0.1..3600")
-        station = declare(self, "station_ae_title", "", "Scheduled Station AE Title to "
-                          "select (empty: any)", check=_valid(vr.check_ae), rule="AE title")
-        location = declare(self, "location", "", "Scheduled Procedure Step Location to "
-                           "select (empty: any)", check=_valid(vr.check_sh), rule="SH")
-        date = declare(self, "date", "today", "scheduled date: today, empty (any), "
-                       "YYYYMMDD or a DA range")
+        p = self.params
+        host, port, timeout = p.worklist_host, p.worklist_port, p.timeout_s
+        called, calling = p.worklist_ae_title, p.calling_ae_title
+        self.retry_period_s = p.retry_period_s
+        station, location, date = p.station_ae_title, p.location, p.date
         if date == "today":
             date = _dt.date.today().strftime("%Y%m%d")
         if not (station or location):
@@ -106,16 +87,12 @@ class SessionContextNode(Node):
     def _from_parameters(self) -> ctx.SessionContext:
         values = {}
         for section, cls in (("patient", ctx.Patient), ("study", ctx.Study)):
-            fields = {}
-            for name in cls.__dataclass_fields__:
-                fields[name] = declare(self, f"{section}.{name}", "",
-                                       f"{cls.__doc__.strip()} {name}")
-            values[section] = cls(**fields)
+            values[section] = cls(**dataclasses.asdict(getattr(self.params, section)))
         if not values["study"].study_instance_uid:
             values["study"].study_instance_uid = new_uid()
         if not values["study"].study_date:
             values["study"].study_date, values["study"].study_time = ctx.now_da_tm()
-        step = declare(self, "scheduled_procedure_step_id", "", "SPS ID (SH), may be empty")
+        step = self.params.scheduled_procedure_step_id
         session = ctx.SessionContext(
             patient=values["patient"], study=values["study"],
             synchronization_frame_of_reference_uid=new_uid(),
@@ -211,18 +188,6 @@ class SessionContextNode(Node):
             f"session: patient {session.patient.patient_id!r} study "
             f"{session.study.study_instance_uid} step "
             f"{session.scheduled_procedure_step_id!r}")
-
-
-def _valid(check, required: bool = False):
-    def ok(value: str) -> bool:
-        if required and not value:
-            return False
-        try:
-            check("x", value)
-        except DicomOrError:
-            return False
-        return True
-    return ok
 
 
 def main(args: list[str] | None = None) -> None:

@@ -30,7 +30,10 @@ from dicom_or_core.iod.pose import read_pose_sr
 from dicom_or_core.iod.video import VL_ENDOSCOPIC
 from dicom_or_core.iod.waveform import read_samples
 from dicom_or_msgs.srv import RecordControl
+from dicom_or_recorder import recorder_node
 from dicom_or_recorder.recorder_node import RecorderNode
+from dicom_or_recorder.segments import VIDEO_MODES
+from dicom_or_ros.params import load_schema
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -189,6 +192,13 @@ def test_video_subscription_follows_the_driver_reliability(tmp_path, video_profi
             rec.close()
             rec.destroy_node()
             pub.destroy_node()
+
+
+def test_parameter_schema_names_the_recorders_video_modes():
+    """recorder_parameters.yaml's one_of for video_mode is segments.VIDEO_MODES."""
+    _, specs = load_schema(Path(recorder_node.__file__).with_name("recorder_parameters.yaml"))
+    (spec,) = [s for s in specs if s.name == "video_mode"]
+    assert dict(spec.validation)["one_of<>"] == (list(VIDEO_MODES),)
 
 
 @pytest.mark.parametrize("param,value", [("video_mode", "vp9"), ("max_segment_s", "0.0"),
