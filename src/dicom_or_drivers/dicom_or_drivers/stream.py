@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from builtin_interfaces.msg import Time
@@ -45,7 +45,6 @@ from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 
 from dicom_or_core.model import context as ctx
-from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_stream_uuid, new_uid
 from dicom_or_drivers.pacing import RateMeter
@@ -53,7 +52,7 @@ from dicom_or_msgs.msg import DeviceStatus, SessionContext, StreamDescriptor
 from dicom_or_ros.convert import from_msg, ns_to_time, to_msg
 from dicom_or_ros.diagnostics import Health, diagnostics_for, level_of_state
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, SESSION_CONTEXT_TOPIC, descriptor_topic
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import named_qos, overridable
 
 STARTING = DeviceStatus.STATE_STARTING
@@ -87,27 +86,13 @@ class DriverParameters:
     """
 
     def __init__(self, node: Node, manufacturer: str, model_name: str) -> None:
-        self.require_session_context = declare(
-            node, "require_session_context", True,
-            "Publish nothing until a SessionContext arrives on /or/session_context; false: "
-            "start with a local ad-hoc session (new Study UID, empty patient) and a warning")
-        self.status_period_s = declare(
-            node, "status_period_s", 1.0,
-            "Seconds between periodic DeviceStatus messages (with measured rate)",
-            check=lambda v: 0.05 <= v <= 60.0, rule="must be within 0.05..60 s")
-        self.body_part_examined = declare(
-            node, "body_part_examined", "",
-            "BodyPartExamined (0018,0015) of the Series, CS, e.g. ABDOMEN; may be empty")
-        equipment = {}
-        defaults = {"manufacturer": manufacturer, "model_name": model_name,
-                    "device_serial_number": "", "station_name": "",
-                    "software_versions": "dicom_or 0.1.0", "institution_name": ""}
-        for name, default in defaults.items():
-            equipment[name] = declare(
-                node, f"equipment.{name}", default,
-                f"General Equipment Module (PS3.3 C.7.5.1): {name}")
-        self.equipment = ctx.Equipment(**equipment).validate("equipment")
-        vr.check_cs("body_part_examined", self.body_part_examined)
+        # The table: driver_parameters.yaml; the equipment defaults name the driver's source.
+        p = load_parameters(node, "dicom_or_drivers", "driver_parameters.yaml", defaults={
+            "equipment.manufacturer": manufacturer, "equipment.model_name": model_name})
+        self.require_session_context = p.require_session_context
+        self.status_period_s = p.status_period_s
+        self.body_part_examined = p.body_part_examined
+        self.equipment = ctx.Equipment(**asdict(p.equipment)).validate("equipment")
 
 
 class SessionFollower:

@@ -7,9 +7,10 @@ measured Cartesian position) plus a ``visualization_msgs/MarkerArray`` on ``~/ma
 Every pose is in the fixed frame ``tracker`` (parameter ``frame_id``): the camera frame of
 the tracker, x right, y down, z along the viewing axis, metres.
 
-Sources: a simulated tracker (N tools, 20 Hz .. 1 kHz) or an OpenIGTLink client
-(PLUS Server, 3D Slicer) republishing TRANSFORM messages; an unreachable or closed server is
-SOURCE_LOST and reconnected with exponential backoff.
+Sources (:mod:`dicom_or_drivers.tracker_sources`, picked by ``source``): a simulated tracker
+(N tools, 20 Hz .. 1 kHz) or an OpenIGTLink client (PLUS Server, 3D Slicer) republishing
+TRANSFORM messages; an unreachable or closed server is SOURCE_LOST and reconnected with
+exponential backoff.
 """
 
 from __future__ import annotations
@@ -17,25 +18,17 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import time
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
 
 from dicom_or_core.model.context import KIND_POSE
 from dicom_or_core.model.errors import DicomOrError
-from dicom_or_core.sim.tracker import (
-    ToolPose,
-    TrackerSimulator,
-    default_tools,
-    parse_tools,
-)
-from dicom_or_drivers.igtl import IgtlClient, IgtlConnectionError, matrix_to_quaternion
-from dicom_or_drivers.pacing import Backoff, Pacer
+from dicom_or_core.sim.tracker import ToolPose
+from dicom_or_drivers.pacing import Backoff
 from dicom_or_drivers.stream import (
     SOURCE_LOST,
     DriverParameters,
@@ -45,8 +38,9 @@ from dicom_or_drivers.stream import (
     StreamConfig,
     StreamPublisher,
 )
+from dicom_or_drivers.tracker_sources import SourceLost, make_tracker_source
 from dicom_or_msgs.msg import PoseSample
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
@@ -62,53 +56,18 @@ class TrackerDriver(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("tracker", **kwargs)
-        self.source = declare(self, "source", "simulator", "simulator | igtl",
-                              check=lambda v: v in ("simulator", "igtl"),
-                              rule="must be simulator or igtl")
-        self.rate_hz = declare(self, "rate_hz", 60.0,
-                               "Poses per second per tool (simulator) or expected rate "
-                               "(igtl, for the deadline)",
-                               check=lambda v: 20.0 <= v <= 1000.0, rule="must be 20..1000 Hz")
-        self.frame_id = declare(self, "frame_id", "tracker",
-                                "Fixed tf frame every pose is expressed in")
-        marker_rate = declare(self, "marker_rate_hz", 30.0, "MarkerArray rate for rviz2",
-                              check=lambda v: 0.0 <= v <= 1000.0, rule="must be 0..1000")
-        if self.source == "simulator":
-            specs = declare(self, "tools", [], "Tools as name:kind (kind instrument, "
-                            "reference or occluded); empty: tool_count default tools",
-                            param_type=Parameter.Type.STRING_ARRAY)
-            count = declare(self, "tool_count", 2, "Number of default tools (pointer, "
-                            "patient_reference, drill (occluded), probe...)",
-                            check=lambda v: 1 <= v <= 64, rule="must be 1..64")
-            self.tools = parse_tools(specs) if specs else default_tools(count)
-            self.simulator = TrackerSimulator(
-                self.tools, declare(self, "seed", 0, "Random seed of the simulation"))
-        else:
-            self.igtl_host = declare(self, "igtl.host", "127.0.0.1", "OpenIGTLink server host")
-            self.igtl_port = declare(self, "igtl.port", 18944, "OpenIGTLink server port",
-                                     check=lambda v: 1 <= v <= 65535, rule="must be 1..65535")
-            names = declare(self, "igtl.device_names", [],
-                            "TRANSFORM device names to republish (the stream's tool ids)",
-                            param_type=Parameter.Type.STRING_ARRAY)
-            if not names:
-                raise DicomOrError("igtl.device_names", "needs at least one device name (the "
-                                   "stream descriptor lists its tools)")
-            self.tools = [(name, "igtl") for name in names]
-            self.unit_scale = declare(self, "igtl.unit_scale", 0.001,
-                                      "Metres per unit of the TRANSFORM translation "
-                                      "(PLUS / Slicer send millimetres)",
-                                      check=lambda v: v > 0, rule="must be > 0")
-            self.backoff = Backoff(
-                declare(self, "reconnect_initial_s", 0.5, "First reconnect delay",
-                        check=lambda v: v > 0, rule="must be > 0"),
-                declare(self, "reconnect_max_s", 10.0, "Longest reconnect delay",
-                        check=lambda v: v > 0, rule="must be > 0"))
+        # Every parameter, its type, default and rule: tracker_parameters.yaml; the source
+        # it names: tracker_sources.
+        p = self.params = load_parameters(self, "dicom_or_drivers", "tracker_parameters.yaml")
+        self.rate_hz, self.frame_id, marker_rate = p.rate_hz, p.frame_id, p.marker_rate_hz
+        self.source = make_tracker_source(p)
+        self.tools = self.source.tools
+        self.backoff = Backoff(p.reconnect_initial_s, p.reconnect_max_s)
         tool_ids = [name for name, _ in self.tools]
         tokens = [topic_token(name) for name in tool_ids]
         if len(set(tokens)) != len(tokens):
             raise DicomOrError("tools", "tool names collide as topic names", tool_ids)
-        params = DriverParameters(self, "dicom_or", "Simulated optical tracker"
-                                  if self.source == "simulator" else "OpenIGTLink tracker")
+        params = DriverParameters(self, "dicom_or", self.source.model_name)
         self.session = SessionFollower(self, params.require_session_context)
         self.status = StatusReporter(self)
         self.stream = StreamPublisher(self, StreamConfig(
@@ -127,8 +86,8 @@ class TrackerDriver(Node):
         self._marker_every = max(1, round(self.rate_hz / marker_rate)) if marker_rate else 0
         self._last: dict[str, ToolPose] = {}
         self._stop = threading.Event()
-        target = self._run_simulator if self.source == "simulator" else self._run_igtl
-        self._thread = threading.Thread(target=target, name="tracker_source", daemon=True)
+        self._delivered = 0
+        self._thread = threading.Thread(target=self._run, name="tracker_source", daemon=True)
         self._thread.start()
 
     # --- publishing ------------------------------------------------------------------------
@@ -193,78 +152,35 @@ class TrackerDriver(Node):
                 self.get_logger().warning(f"view sample dropped: {exc}".splitlines()[0],
                                           throttle_duration_sec=5.0)
 
-    # --- sources -----------------------------------------------------------------------------
+    # --- device loop --------------------------------------------------------------------
 
-    def _run_simulator(self) -> None:
-        try:
-            self._simulate()
-        except Exception as exc:
-            if self.context.ok():  # else: shutting down, publishers are gone
-                self.get_logger().error(f"tracker simulation failed: {exc!r}")
-                self.stream.set_state(SOURCE_LOST, f"simulation failed: {exc}")
-
-    def _simulate(self) -> None:
-        # A tracker delivers every tick: catch up after a stall of up to 50 ms rather than
-        # leaving holes in the pose timeline (longer stalls are skipped, not burst).
-        pacer = Pacer(self.rate_hz, self._stop, max_late_ticks=max(1, int(self.rate_hz / 20)))
-        start = pacer.start
-        while (tick := pacer.wait()) is not None:
-            if not self.stream.active:
-                continue
-            acquisition_ns = time.time_ns()
-            t = pacer.deadline(tick) - start
-            for pose in self.simulator.poses(t):
-                self._publish_pose(pose, acquisition_ns)
-            if self._marker_every and tick % self._marker_every == 0:
-                self._publish_markers(acquisition_ns)
-
-    def _run_igtl(self) -> None:
-        log = self.get_logger()
-        count = 0
-
-        def on_transform(transform) -> None:
-            nonlocal count
-            if not self.stream.active:
-                return
-            now = time.time_ns()
-            # The sender's time stamp is the acquisition time when its clock agrees with
-            # ours (same host or NTP); otherwise the reception time is the better estimate.
-            sent = int(transform.timestamp_s * 1e9)
-            acquisition_ns = sent if abs(sent - now) < 1_000_000_000 else now
-            matrix = transform.matrix
-            position = tuple(float(v) * self.unit_scale for v in matrix[:3, 3])
-            # OpenIGTLink TRANSFORM has no visibility or error field: a received transform
-            # is a valid measurement.
-            pose = ToolPose(transform.device_name, position,
-                            matrix_to_quaternion(matrix[:3, :3]), True, 1.0)
+    def _deliver(self, poses: list[ToolPose], acquisition_ns: int) -> None:
+        for pose in poses:
             self._publish_pose(pose, acquisition_ns)
-            count += 1
-            if self._marker_every and count % self._marker_every == 0:
-                self._publish_markers(acquisition_ns)
+        self.backoff.reset()  # only a delivered pose proves the source
+        self._delivered += 1
+        if self._marker_every and self._delivered % self._marker_every == 0:
+            self._publish_markers(acquisition_ns)
 
-        device_names = [name for name, _ in self.tools]
+    def _run(self) -> None:
+        """Run the source until close(); a lost source is SOURCE_LOST and run again after
+        the backoff, and the loop survives anything but shutdown."""
+        log = self.get_logger()
         while not self._stop.is_set():
-            client = IgtlClient(self.igtl_host, self.igtl_port, device_names)
             try:
-                client.connect()
-                log.info(f"connected to OpenIGTLink server {self.igtl_host}:{self.igtl_port}")
-                self.backoff.reset()
-                client.run(on_transform, self._stop)
-            except IgtlConnectionError as exc:
-                if self._stop.is_set():
-                    break
+                self.source.run(self._deliver, self._stop, lambda: self.stream.active)
+            except SourceLost as exc:
                 delay = self.backoff.next_delay()
                 self.stream.set_state(SOURCE_LOST, f"{exc}; reconnecting in {delay:.1f} s")
                 self._stop.wait(delay)
-            except Exception as exc:  # the client loop must survive anything but shutdown
+            except Exception as exc:  # noqa: BLE001 - the device loop must survive anything
                 if self._stop.is_set() or not self.context.ok():
-                    break
+                    return  # shutting down: publishers are gone
                 delay = self.backoff.next_delay()
-                log.error(f"OpenIGTLink client failed: {exc!r}; reconnecting in {delay:.1f} s")
-                self.stream.set_state(SOURCE_LOST, f"client error: {exc}")
+                log.error(f"tracker source failed: {exc!r}; restarting in {delay:.1f} s")
+                self.stream.set_state(SOURCE_LOST, f"source error: {exc}; restarting in "
+                                      f"{delay:.1f} s")
                 self._stop.wait(delay)
-            finally:
-                client.close()
 
     def close(self) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ import cv2
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from dicom_or_core.model.context import KIND_VIDEO, PIXEL_ENCODINGS
+from dicom_or_core.model.context import KIND_VIDEO
 from dicom_or_core.sim.video import layout
 from dicom_or_drivers.pacing import Backoff, Pacer
 from dicom_or_drivers.stream import (
@@ -31,7 +31,7 @@ from dicom_or_drivers.stream import (
 from dicom_or_drivers.video_sources import SourceLost, make_source, parse_source
 from dicom_or_msgs.msg import ImageFrame
 from dicom_or_ros.image import fill_image
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
@@ -41,43 +41,17 @@ class VideoDriver(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("endoscope", **kwargs)
-        source = declare(self, "source", "pattern",
-                         "pattern | <file path> | file:<path> | /dev/videoN | camera:N | "
-                         "rtsp:// http:// URL")
-        self.spec = parse_source(source)
-        self.width = declare(self, "width", 1920, "Frame width in pixels",
-                             check=lambda v: 1 <= v <= 65535, rule="must be within 1..65535")
-        self.height = declare(self, "height", 1080, "Frame height in pixels",
-                              check=lambda v: 1 <= v <= 65535, rule="must be within 1..65535")
-        self.fps = declare(self, "fps", 30.0, "Frames per second (the publishing schedule)",
-                           check=lambda v: 0 < v <= 240, rule="must be within (0, 240]")
-        self.encoding = declare(self, "pixel_format", "rgb8",
-                                "sensor_msgs/Image encoding: rgb8, bgr8 or mono8",
-                                check=lambda v: v in PIXEL_ENCODINGS,
-                                rule=f"must be one of {', '.join(PIXEL_ENCODINGS)}")
-        loop = declare(self, "loop", True, "Restart a video file at its end")
-        stamp_pixels = declare(self, "stamp_pixels", False,
-                               "Also write the frame-number / capture-time code band into "
-                               "captured (non-pattern) frames, for loss and latency checks")
-        self.publish_raw = declare(self, "publish_image_raw", True,
-                                   "Also publish plain sensor_msgs/Image on ~/image_raw")
-        self.publish_compressed = declare(self, "publish_compressed", False,
-                                          "Also publish JPEG on ~/image_raw/compressed")
-        self.jpeg_quality = declare(self, "jpeg_quality", 90, "JPEG quality 1..100",
-                                    check=lambda v: 1 <= v <= 100, rule="must be 1..100")
-        modality = declare(self, "modality", "ES",
-                           "Modality (0008,0060): ES endoscopy, XC external camera",
-                           check=lambda v: v in ("ES", "XC", "GM", "OT"),
-                           rule="must be ES, XC, GM or OT")
-        description = declare(self, "series_description", "Endoscope video",
-                              "SeriesDescription (0008,103E)")
-        self.frame_id = declare(self, "frame_id", "endoscope_optical",
-                                "tf frame of the camera (header.frame_id)")
-        self.backoff = Backoff(
-            declare(self, "reconnect_initial_s", 0.5, "First reconnect delay",
-                    check=lambda v: v > 0, rule="must be > 0"),
-            declare(self, "reconnect_max_s", 10.0, "Longest reconnect delay",
-                    check=lambda v: v > 0, rule="must be > 0"))
+        # Every parameter, its type, default and rule: video_parameters.yaml.
+        p = self.params = load_parameters(self, "dicom_or_drivers", "video_parameters.yaml")
+        self.spec = parse_source(p.source)
+        self.width, self.height, self.fps, self.encoding = p.width, p.height, p.fps, \
+            p.pixel_format
+        loop, stamp_pixels = p.loop, p.stamp_pixels
+        self.publish_raw, self.publish_compressed = p.publish_image_raw, p.publish_compressed
+        self.jpeg_quality, modality, description = p.jpeg_quality, p.modality, \
+            p.series_description
+        self.frame_id = p.frame_id
+        self.backoff = Backoff(p.reconnect_initial_s, p.reconnect_max_s)
         if self.spec.kind == "pattern" or stamp_pixels:
             layout(self.width, self.height)  # the code band must fit: names width/height
         params = DriverParameters(self, "dicom_or", "Synthetic endoscope"

@@ -19,7 +19,6 @@ import threading
 import time
 
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from dicom_or_core.iod.waveform import iod_for
 from dicom_or_core.model.context import KIND_WAVEFORM, StreamDescriptor
@@ -44,7 +43,7 @@ from dicom_or_drivers.stream import (
 )
 from dicom_or_msgs.msg import WaveformChunk
 from dicom_or_ros.convert import ns_to_time
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.runtime import run_node
 
 ECG_LEADS = {"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -70,11 +69,12 @@ class WaveformDriver(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("patient_monitor", **kwargs)
-        source = declare(self, "source", "simulator", "simulator | wfdb",
-                         check=lambda v: v in ("simulator", "wfdb"),
-                         rule="must be simulator or wfdb")
-        self.chunk_ms = declare(self, "chunk_ms", 100, "Milliseconds of samples per chunk",
-                                check=lambda v: 10 <= v <= 1000, rule="must be 10..1000")
+        # Every parameter, its type, default and rule: waveform_parameters.yaml; a group's
+        # sampling rate defaults to the group's standard rate.
+        self.params = load_parameters(
+            self, "dicom_or_drivers", "waveform_parameters.yaml",
+            defaults={f"{name}.sampling_hz": g.sampling_hz for name, g in GROUPS.items()})
+        source, self.chunk_ms = self.params.source, self.params.chunk_ms
         params = DriverParameters(self, "dicom_or", "Simulated patient monitor"
                                   if source == "simulator" else "WFDB replay")
         self.session = SessionFollower(self, params.require_session_context)
@@ -99,17 +99,11 @@ class WaveformDriver(Node):
         return int(round(samples))
 
     def _make_simulated(self, params: DriverParameters) -> None:
-        names = declare(self, "groups", ["ecg", "hemodynamic"],
-                        f"Channel groups, one stream each: {', '.join(GROUPS)}",
-                        param_type=Parameter.Type.STRING_ARRAY)
-        groups = parse_groups(list(names))
+        p = self.params
+        groups = parse_groups(list(p.groups))
         patient = PatientModel(
-            heart_rate_bpm=declare(self, "heart_rate_bpm", 72.0, "Heart rate"),
-            respiration_rate_bpm=declare(self, "respiration_rate_bpm", 14.0,
-                                         "Breaths per minute"),
-            systolic_mmhg=declare(self, "systolic_mmhg", 120.0, "Systolic pressure"),
-            diastolic_mmhg=declare(self, "diastolic_mmhg", 80.0, "Diastolic pressure"),
-            seed=declare(self, "seed", 0, "Random seed of heart-rate variability"))
+            heart_rate_bpm=p.heart_rate_bpm, respiration_rate_bpm=p.respiration_rate_bpm,
+            systolic_mmhg=p.systolic_mmhg, diastolic_mmhg=p.diastolic_mmhg, seed=p.seed)
         patient.validate()
         for group in groups:
             # The rate must fit the waveform IOD the recorder will write for this group's
@@ -118,10 +112,10 @@ class WaveformDriver(Node):
             iod = iod_for(StreamDescriptor(modality=group.modality,
                                            channels=group.channels()))
             low, high = max(iod.min_hz, 1.0), iod.max_hz
-            rate = declare(self, f"{group.name}.sampling_hz", group.sampling_hz,
-                           f"Sampling frequency of the {group.name} group (Hz)",
-                           check=lambda v, low=low, high=high: low <= v <= high,
-                           rule=f"{iod.name} allows {low:g}..{high:g} Hz")
+            rate = getattr(p, group.name).sampling_hz
+            if not low <= rate <= high:
+                raise DicomOrError(f"{group.name}.sampling_hz",
+                                   f"{iod.name} allows {low:g}..{high:g} Hz", rate)
             group = ChannelGroup(group.name, group.modality, group.labels, rate,
                                  group.description)
             # Each group gets its own model instance with the same parameters and seed:
@@ -133,18 +127,14 @@ class WaveformDriver(Node):
                              simulator.channels, simulator.samples, params)
 
     def _make_replay(self, params: DriverParameters) -> None:
-        path = declare(self, "wfdb_record", "", "WFDB record path (without or with .hea)",
-                       check=bool, rule="is required when source is wfdb")
-        labels = declare(self, "channels", [], "Signals to replay (empty: all)",
-                         param_type=Parameter.Type.STRING_ARRAY)
-        self._loop = declare(self, "loop", True, "Restart the record at its end")
-        record = load_wfdb(path, labels or None)
-        default_modality = "ECG" if all(c.label in ECG_LEADS for c in record.channels) \
-            else "HD"
-        modality = declare(self, "modality", default_modality,
-                           "Modality of the replayed Series (ECG, HD, RESP)",
-                           check=lambda v: v in ("ECG", "HD", "RESP"),
-                           rule="must be ECG, HD or RESP")
+        p = self.params
+        if not p.wfdb_record:
+            raise DicomOrError("wfdb_record", "is required when source is wfdb")
+        self._loop = p.loop
+        record = load_wfdb(p.wfdb_record, p.channels or None)
+        # Empty: ECG when every signal is an ECG lead, else hemodynamic.
+        modality = p.modality or (
+            "ECG" if all(c.label in ECG_LEADS for c in record.channels) else "HD")
         samples = record.samples
         self._record_length = samples.shape[0]
 

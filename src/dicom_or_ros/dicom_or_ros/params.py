@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.resources
+import keyword
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, make_dataclass
@@ -365,7 +366,12 @@ def load_parameters(node: Node, package: str, *schemas: str,
     for spec in specs:
         names = [spec.name]
         if spec.map_key:
-            names = [f"{key}.{spec.name}" for key in plain[spec.map_key]]
+            keys = plain[spec.map_key]
+            bad = [k for k in keys if not k.isidentifier() or keyword.iskeyword(k) or k in plain]
+            if bad:
+                raise DicomOrError(spec.map_key, "entries name parameters: each must be an "
+                                   "identifier and no other parameter's name", bad)
+            names = [f"{key}.{spec.name}" for key in keys]
         for name in names:
             default = defaults.get(name, spec.default_value)
             if callable(default):
