@@ -17,6 +17,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test']),
+    # The or_status node's parameter schema, read by dicom_or_ros.params.
+    package_data={package_name: ['*_parameters.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

@@ -14,7 +14,7 @@ from dicom_or_bringup.status_view import StreamRow, health_lines, render, summar
 from dicom_or_msgs.msg import DeviceStatus, RecorderStatus
 from dicom_or_ros.diagnostics import DIAGNOSTICS_TOPIC
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC
-from dicom_or_ros.params import declare
+from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import named_qos
 from dicom_or_ros.runtime import run_node
 
@@ -29,10 +29,9 @@ class StatusMonitor(Node):
 
     def __init__(self) -> None:
         super().__init__("or_status")
-        period = declare(self, "period_s", 1.0, "seconds between redraws",
-                         check=lambda v: v > 0, rule="must be greater than 0")
-        recorder_topic = declare(self, "recorder_status_topic", "/or/recorder/status",
-                                 "dicom_or_msgs/RecorderStatus topic of the recorder")
+        # Its parameters and their rules: status_parameters.yaml.
+        p = load_parameters(self, "dicom_or_bringup", "status_parameters.yaml")
+        period, recorder_topic = p.period_s, p.recorder_status_topic
         self.rows: dict[str, StreamRow] = {}
         self.recorder_line = ""
         self.health: dict[str, tuple[DiagnosticStatus, float]] = {}
@@ -76,5 +75,5 @@ class StatusMonitor(Node):
         self._drawn = len(lines)
 
 
-def main() -> None:
-    sys.exit(run_node(StatusMonitor))
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(StatusMonitor, args))

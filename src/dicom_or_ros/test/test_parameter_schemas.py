@@ -52,7 +52,8 @@ def test_every_schema_is_well_formed_and_every_node_has_one():
     assert {p.name for p in SCHEMAS} >= {
         "recorder_parameters.yaml", "bridge_parameters.yaml",
         "session_context_parameters.yaml", "driver_parameters.yaml",
-        "video_parameters.yaml", "tracker_parameters.yaml", "waveform_parameters.yaml"}
+        "video_parameters.yaml", "tracker_parameters.yaml", "waveform_parameters.yaml",
+        "status_parameters.yaml"}
     for path in SCHEMAS:
         _, specs = P.load_schema(path)
         names = [s.name for s in specs]
