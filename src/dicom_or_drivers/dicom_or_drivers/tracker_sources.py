@@ -104,8 +104,8 @@ class IgtlTracker(TrackerSource):
         sent = int(transform.timestamp_s * 1e9)
         acquisition_ns = sent if abs(sent - now_ns) < 1_000_000_000 else now_ns
         matrix = transform.matrix
-        position = tuple(float(v) * self.unit_scale for v in matrix[:3, 3])
-        return ToolPose(transform.device_name, position, matrix_to_quaternion(matrix[:3, :3]),
+        x, y, z = (float(v) * self.unit_scale for v in matrix[:3, 3])
+        return ToolPose(transform.device_name, (x, y, z), matrix_to_quaternion(matrix[:3, :3]),
                         True, 1.0), acquisition_ns
 
     def run(self, deliver: Deliver, stop: threading.Event,
