@@ -638,10 +638,12 @@ class RecorderNode(Node):
                      None)
         if entry is None:
             return Health(OK, "following", {})
-        values = {k: entry.get(k) for k in (
-            "kind", "recording", "series_instance_uid", "acknowledged", "samples",
-            "lost_messages", "instances", "finalising", "errors", "silent_s", "last_error")
-            if k in entry}
+        # The same keys in every state (a stream still waiting for its descriptor counts 0),
+        # so monitors and plots see one shape per entry.
+        values = {k: entry.get(k, default) for k, default in (
+            ("kind", ""), ("recording", False), ("series_instance_uid", ""),
+            ("acknowledged", 0), ("samples", 0), ("lost_messages", 0), ("instances", 0),
+            ("finalising", 0), ("errors", 0), ("silent_s", None), ("last_error", ""))}
         values["queue_depth"] = entry.get("queued", 0)
         values["dropped_backpressure"] = entry.get("dropped_backpressure", 0)
         errors = entry.get("errors", 0)
