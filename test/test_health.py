@@ -9,16 +9,14 @@ recording to a real PACS peer (dcmtk storescp):
   launcher's ``__node:=`` / ``__ns:=`` remaps.
 """
 
-import contextlib
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import rclpy
 from conftest import require
 from diagnostic_msgs.msg import DiagnosticArray
-from dicom_or_test_common.peers import free_tcp_port, run_tool, tool_path
+from dicom_or_test_common.peers import STORESCP_AE, free_tcp_port, storescp
 from graph_support import start_graph, stop
 from rcl_interfaces.msg import Log
 from rclpy.context import Context
@@ -29,32 +27,12 @@ from dicom_or_msgs.srv import RecordControl
 from dicom_or_ros.diagnostics import DIAGNOSTICS_TOPIC, status_level
 from dicom_or_ros.graph import discover_streams
 
-PACS_AE = "STORESCP"
+PACS_AE = STORESCP_AE
 RECORDER = "/or/recorder"
 SCU_LOGGER = ".dicom_or.storage_scu"  # a child of the recorder's logger
 # The levels a healthy demo may show: OK, or STALE for a stream that is briefly late on a
 # loaded 2-core machine; never ERROR.
 ERROR = 2
-
-
-@contextlib.contextmanager
-def storescp(out: Path):
-    """dcmtk's storescp writing into ``out``; yields its port once it answers C-ECHO."""
-    port = free_tcp_port()
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([tool_path("storescp"), "-aet", PACS_AE, "-od", str(out),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while run_tool([tool_path("echoscu"), "-aec", PACS_AE, "127.0.0.1", str(port)],
-                       timeout_s=10).returncode != 0:
-            assert proc.poll() is None, "storescp exited"
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class Observer:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-import time
 from pathlib import Path
 
-from dicom_or_test_common.peers import free_tcp_port, run_tool
-from dicom_or_test_common.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -94,27 +91,6 @@ def write_instance(root: Path, study: str = STUDY, series: str = VIDEO_SERIES,
     return path
 
 
-# pynetdicom can install same-named apps (findscu, getscu, storescp, ...) into the venv's bin,
-# ahead of dcmtk's on PATH: name dcmtk's binaries by their full path.
-@contextlib.contextmanager
-def storescp(out: Path):
-    """dcmtk's storescp (AE STORESCP) writing into ``out``; yields its port once it answers
-    C-ECHO."""
-    port = free_tcp_port()
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([tool("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while run_tool([tool("echoscu"), "-aec", "STORESCP", "127.0.0.1", str(port)],
-                       timeout_s=10).returncode != 0:
-            assert proc.poll() is None, "storescp exited"
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ import threading
 import time
 
 import pytest
-from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, storescp, tool, video
-from dicom_or_test_common.peers import have, run_tool
+from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, ecg, video
+from dicom_or_test_common.peers import have, run_tool, storescp
+from dicom_or_test_common.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
 from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context
 from pydicom.dataset import Dataset
 from pynetdicom import AE

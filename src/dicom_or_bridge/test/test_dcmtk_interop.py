@@ -15,12 +15,11 @@ from bridge_fixtures import (
     STUDY,
     VIDEO_SERIES,
     running_scp,
-    storescp,
-    tool,
     video,
     write_instance,
 )
-from dicom_or_test_common.peers import have, run_tool
+from dicom_or_test_common.peers import have, run_tool, storescp
+from dicom_or_test_common.peers import tool_path as tool  # dcmtk's, not pynetdicom's scripts
 from pydicom import dcmread
 from pydicom.uid import MPEG4HP41
 from test_scp import write_video

@@ -13,6 +13,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,27 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+STORESCP_AE = "STORESCP"
+
+
+@contextmanager
+def storescp(out: Path, ae_title: str = STORESCP_AE) -> Iterator[int]:
+    """dcmtk's storescp writing what it receives into ``out``; yields its port once it
+    answers C-ECHO (fails the test if it exits or does not answer within 10 s)."""
+    port = free_tcp_port()
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([tool_path("storescp"), "-aet", ae_title, "-od", str(out),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while run_tool(["echoscu", "-aec", ae_title, "127.0.0.1", str(port)],
+                       timeout_s=10).returncode != 0:
+            assert proc.poll() is None, "storescp exited"
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
