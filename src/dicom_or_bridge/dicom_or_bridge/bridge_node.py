@@ -185,10 +185,12 @@ class DicomBridgeNode(Node):
         return Health(level, message, values)
 
     def close(self) -> None:
+        """Stop the SCP first (aborting its associations), then the store and its archive index."""
         self._problems.close()
         self.scp.stop()
         self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run ``dicom_bridge`` until Ctrl-C / SIGTERM; a bad parameter: one error line, exit 1."""
     sys.exit(run_node(DicomBridgeNode, args))

@@ -198,6 +198,7 @@ class ArchivedFile(Dataset):
 
     @property
     def transfer_syntax(self) -> UID:
+        """The file's Transfer Syntax UID, from its File Meta Information (PS3.10 7.1)."""
         return UID(self.file_meta.TransferSyntaxUID)
 
     def payload(self, assoc: Association) -> Path | Dataset:
@@ -471,6 +472,8 @@ class BridgeScp:
         return ae
 
     def start(self) -> int:
+        """Listen on the configured host and port behind :class:`BridgeServer` (server.py) and
+        return the bound port: the kernel's choice when the configured port is 0."""
         ae = self._make_ae()
         handlers = [
             (evt.EVT_C_ECHO, self._on_echo),

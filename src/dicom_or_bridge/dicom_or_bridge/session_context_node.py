@@ -180,6 +180,8 @@ class SessionContextNode(Node):
                       values)
 
     def publish(self, session: ctx.SessionContext) -> None:
+        """Make ``session`` the current case: published latched on the session context topic,
+        so a late-joining driver gets it too, and logged."""
         self.current = session
         msg = to_msg(session)
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -191,4 +193,5 @@ class SessionContextNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run ``session_context`` until Ctrl-C / SIGTERM; a bad parameter: one error line, exit 1."""
     sys.exit(run_node(SessionContextNode, args))

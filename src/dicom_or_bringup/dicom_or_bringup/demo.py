@@ -108,6 +108,8 @@ def show_recordings(output: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``dicom_or_demo [--duration S] [--output DIR] [name:=value ...]``: 0 only when the
+    bridge found the session, every recording passed dciodvfy and every node stopped cleanly."""
     parser = argparse.ArgumentParser(prog="dicom_or_demo", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, help="seconds to run (default: until "
                         "Ctrl-C)")

@@ -106,6 +106,8 @@ class ProcessGroup:
         self._tmp = tempfile.TemporaryDirectory(prefix="dicom_or_launch_")
 
     def start(self) -> None:
+        """Start every node in its own session, logging to ``log_dir/<name>.log`` if given; every
+        executable is resolved first, so a missing package starts no node."""
         # Resolve every executable first, so a missing package fails before anything runs.
         commands = []
         for spec in self.specs:

@@ -58,6 +58,8 @@ class StatusMonitor(Node):
             self.health[status.name] = (status, now)
 
     def redraw(self) -> None:
+        """Redraw the table in place on a terminal, or every 10th period into a log file; a
+        diagnostics entry not heard for HEALTH_MAX_AGE_S is left out (its node stopped)."""
         now = time.monotonic()
         current = [s for s, heard in self.health.values() if now - heard < HEALTH_MAX_AGE_S]
         lines = render(list(self.rows.values()), now, self.recorder_line,
@@ -76,4 +78,5 @@ class StatusMonitor(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run ``or_status`` until Ctrl-C / SIGTERM; a bad parameter: one error line, exit 1."""
     sys.exit(run_node(StatusMonitor, args))

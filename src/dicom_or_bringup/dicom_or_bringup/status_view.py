@@ -17,6 +17,8 @@ LEVEL_NAMES = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}  # diagnostic_msgs le
 
 @dataclass
 class StreamRow:
+    """One stream's line: its last DeviceStatus and when it was heard (``time.monotonic()``)."""
+
     topic: str
     state: int
     measured_rate_hz: float

@@ -122,6 +122,7 @@ class SessionFollower:
                                   synchronization_frame_of_reference_uid=new_uid())
 
     def add_listener(self, listener: Callable[[ctx.SessionContext], None]) -> None:
+        """Call ``listener`` with every new session context, and at once with the current one."""
         self._listeners.append(listener)
         if self.session is not None:
             listener(self.session)
@@ -178,6 +179,7 @@ class StreamConfig:
 
     @property
     def publish_rate_hz(self) -> float:
+        """Messages per second: what the QoS deadline and the measured rate are judged against."""
         return self.message_rate_hz or self.nominal_rate_hz
 
 

@@ -183,11 +183,14 @@ class TrackerDriver(Node):
                 self._stop.wait(delay)
 
     def close(self) -> None:
+        """Stop the device loop, publish STOPPED."""
         self._stop.set()
         self._thread.join(timeout=5.0)
         self.stream.close()
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the ``tracker`` driver until Ctrl-C / SIGTERM; a bad parameter: one error line,
+    exit 1."""
     sys.exit(run_node(TrackerDriver, args))
 

@@ -160,4 +160,6 @@ class VideoDriver(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the ``endoscope`` driver until Ctrl-C / SIGTERM; a bad parameter: one error line,
+    exit 1."""
     sys.exit(run_node(VideoDriver, args))

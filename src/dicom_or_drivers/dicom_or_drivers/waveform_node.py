@@ -206,6 +206,7 @@ class WaveformDriver(Node):
         channel.emitted += channel.chunk
 
     def close(self) -> None:
+        """Stop the channel loop, publish STOPPED on every channel's stream."""
         self._stop.set()
         self._thread.join(timeout=5.0)
         for channel in self.channels:
@@ -213,4 +214,6 @@ class WaveformDriver(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the ``patient_monitor`` driver until Ctrl-C / SIGTERM; a bad parameter: one error
+    line, exit 1."""
     sys.exit(run_node(WaveformDriver, args))

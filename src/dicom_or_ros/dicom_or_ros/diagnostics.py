@@ -122,9 +122,11 @@ class Diagnostics:
 
     @property
     def entries(self) -> list[str]:
+        """The registered entry names, ``"node"`` among them."""
         return list(self._entries)
 
     def status_name(self, entry: str) -> str:
+        """``<node's full name>: <entry>``, the DiagnosticStatus name: unique across the graph."""
         return f"{self._node.get_fully_qualified_name()}: {entry}"
 
     def collect(self) -> DiagnosticArray:

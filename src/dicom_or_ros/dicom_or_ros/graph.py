@@ -30,6 +30,7 @@ class StreamTopic:
 
     @property
     def descriptor_topic(self) -> str:
+        """Where the stream's descriptor is latched: ``<topic>/descriptor``."""
         return descriptor_topic(self.topic)
 
 

@@ -50,6 +50,8 @@ class RosLogHandler(logging.Handler):
             return child
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` on the child logger of its name at the matching rclpy severity; never
+        raises."""
         try:
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
@@ -88,6 +90,7 @@ class LoggingBridge:
         root.addHandler(self.handler)
 
     def remove(self) -> None:
+        """Take the handler off the root logger and give every logger its level from before."""
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self._root_level)
@@ -109,6 +112,7 @@ class LastProblem(logging.Handler):
         self._logger.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Remember ``record`` as the last problem: its text, one more in the count, now."""
         self.text = record.getMessage()
         self.count += 1
         self.at = time.monotonic()
@@ -118,6 +122,7 @@ class LastProblem(logging.Handler):
         return time.monotonic() - self.at if self.count else None
 
     def close(self) -> None:
+        """Detach from the logger tree: no problem is recorded after this."""
         self._logger.removeHandler(self)
         super().close()
 

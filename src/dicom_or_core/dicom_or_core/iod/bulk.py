@@ -35,6 +35,8 @@ class EncapsulatedFile:
     fragment_bytes: int = FRAGMENT_BYTES
 
     def __call__(self, fp: BinaryIO) -> None:
+        """Append the Pixel Data element to ``fp``: undefined length, ended by a Sequence
+        Delimitation Item (PS3.5 A.4)."""
         fp.write(_OB_HEADER.pack(*_PIXEL_DATA, b"OB", 0, _UNDEFINED_LENGTH))
         fp.write(_ITEM_HEADER.pack(*_ITEM, 0))  # empty Basic Offset Table
         with open(self.path, "rb") as source:
@@ -55,6 +57,8 @@ class NativeFrames:
     chunks: Callable[[], Iterable[bytes]]
 
     def __call__(self, fp: BinaryIO) -> None:
+        """Append the Pixel Data element to ``fp``; ValueError when ``chunks()`` gave other than
+        the ``length`` bytes its header already declared."""
         padded = self.length + (self.length % 2)
         fp.write(_OB_HEADER.pack(*_PIXEL_DATA, b"OB", 0, padded))
         written = 0

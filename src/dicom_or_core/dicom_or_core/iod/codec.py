@@ -228,6 +228,7 @@ class TsMuxer:
         self.packets = 0
 
     def mux(self, p: EncodedPacket) -> None:
+        """Mux one packet with its own PTS/DTS (90 kHz, PTS_HZ), zero at the first frame."""
         packet = av.Packet(p.data)
         packet.stream = self._stream
         packet.time_base = self._stream.time_base
@@ -239,6 +240,7 @@ class TsMuxer:
         self.packets += 1
 
     def close(self) -> None:
+        """Flush the muxer's last Transport Stream packets and close the container."""
         self._container.close()
 
 

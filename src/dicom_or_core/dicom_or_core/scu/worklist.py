@@ -47,6 +47,8 @@ class WorklistSelection:
     date: str = ""  # DA, a DA range, or "" for any date
 
     def validate(self, prefix: str = "worklist") -> WorklistSelection:
+        """Check the fields as AE, SH and DA (each end of a range, PS3.4 C.2.2.2.5.1) and return
+        self; else DicomOrError naming ``<prefix>.<field>``."""
         vr.check_ae(f"{prefix}.station_ae_title", self.station_ae_title)
         vr.check_sh(f"{prefix}.location", self.location)
         for part in self.date.split("-") if self.date else ():

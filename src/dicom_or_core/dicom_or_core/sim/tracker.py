@@ -122,6 +122,8 @@ class TrackerSimulator:
         return np.random.default_rng(key).normal(0.0, 1e-4, 3)
 
     def pose(self, name: str, kind: str, t: float) -> ToolPose:
+        """Tool ``name`` of ``kind`` at ``t``: a reference stays put, jittered; an occluded tool
+        holds its last seen pose with ``visible`` False and quality 0."""
         if kind == "reference":
             position = self._reference_at[name] + self._jitter(name, t)
             orientation = quaternion_from_axis_angle(np.array([1.0, 0.0, 0.0]), math.pi)

@@ -49,6 +49,7 @@ class BandLayout:
 
     @property
     def band_height(self) -> int:
+        """Pixel rows the code band takes at the top of the frame."""
         return self.rows * self.cell
 
 
@@ -153,6 +154,7 @@ class PatternSource:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The frames' array shape: (height, width) for mono8, else (height, width, 3)."""
         return self._frame.shape
 
     def frame(self, sequence: int, time_ns: int) -> np.ndarray:
