@@ -272,11 +272,15 @@ class GuardedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
+        """Whether there is data to read: A-ASSOCIATE-RQ bytes still to serve, or the socket's;
+        never once a limit was exceeded."""
         if self._failed:
             return False
         return bool(self._prefix) or super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Up to ``nr_bytes``, the already-read A-ASSOCIATE-RQ first, every byte fed to the
+        PduGuard (rule 6); a refused PDU gets an A-ABORT and reads as a closed transport."""
         if self._failed:
             return bytearray()
         data = self._prefix[:nr_bytes]
@@ -448,8 +452,20 @@ class BridgeRequestHandler(RequestHandler):
     server: BridgeServer
 
     def handle(self) -> None:
-        server, limits = self.server, self.server.limits
+        """Serve the connection: A-ASSOCIATE-RQ first, then a slot, then the association."""
         raw: socket.socket = self.request
+        received = self._read_request(raw)
+        if received is None:
+            return
+        sock, request = received
+        if not self._acquire_slot(raw, sock):
+            return
+        self._serve(raw, sock, request)
+
+    def _read_request(self, raw: socket.socket) -> tuple[socket.socket, bytes] | None:
+        """TLS handshake and the A-ASSOCIATE-RQ within ``request_timeout_s``; None when the
+        connection was refused or ended first (counted, logged at a limited rate, closed)."""
+        server, limits = self.server, self.server.limits
         peer = self.client_address[0]
         deadline = time.monotonic() + limits.request_timeout_s
         sock = raw
@@ -471,32 +487,47 @@ class BridgeRequestHandler(RequestHandler):
                 sock.sendall(exc.pdu)
             except OSError:
                 pass  # gone already
-            return self._finish(raw, sock)
+            self._finish(raw, sock)
+            return None
         except TimeoutError:
             server.count("request_timeouts")
             server.rate_log.warning("timeout", "closed connection from %s: no A-ASSOCIATE-RQ "
                                     "within %.1f s", peer, limits.request_timeout_s)
-            return self._finish(raw, sock)
+            self._finish(raw, sock)
+            return None
         except (OSError, ssl.SSLError, ValueError) as exc:
             # TLS handshake failed, peer closed, or the server is stopping.
             server.count("closed_before_request")
             server.rate_log.warning("early_close", "connection from %s ended before an "
                                     "A-ASSOCIATE-RQ: %s", peer, exc)
-            return self._finish(raw, sock)
+            self._finish(raw, sock)
+            return None
+        return sock, request
 
+    def _acquire_slot(self, raw: socket.socket, sock: socket.socket) -> bool:
+        """An association slot, or A-ASSOCIATE-RJ (local limit exceeded, PS3.8 7.1.1.9)."""
+        server = self.server
         # A requestor that has just released and associates again may arrive a moment
         # before its old association's thread has marked the release: give the slot that
         # moment rather than reject it (the flood path never waits).
-        if not server.associations.try_acquire(SLOT_WAIT_S):
-            server.count("rejected_limit")
-            server.rate_log.warning("limit", "rejected association from %s: %d associations "
-                                    "(max_associations)", peer, limits.max_associations)
-            try:
-                sock.sendall(a_associate_rj(*REJECT_LOCAL_LIMIT))
-            except OSError:
-                pass  # gone already
-            return self._finish(raw, sock)
+        if server.associations.try_acquire(SLOT_WAIT_S):
+            return True
+        server.count("rejected_limit")
+        server.rate_log.warning("limit", "rejected association from %s: %d associations "
+                                "(max_associations)", self.client_address[0],
+                                server.limits.max_associations)
+        try:
+            sock.sendall(a_associate_rj(*REJECT_LOCAL_LIMIT))
+        except OSError:
+            pass  # gone already
+        self._finish(raw, sock)
+        return False
 
+    def _serve(self, raw: socket.socket, sock: socket.socket, request: bytes) -> None:
+        """Hand the connection and its request to a pynetdicom association and wait for it;
+        the slot is freed as soon as the association is released or aborted."""
+        server, limits = self.server, self.server.limits
+        peer = self.client_address[0]
         assoc = None
         released = threading.Lock()
 
@@ -581,10 +612,13 @@ class BridgeServer(ThreadedAssociationServer):
         super().__init__(ae, address, ae_title, _SharedContexts(contexts), None, **kwargs)
 
     def count(self, name: str) -> None:
+        """Add one to counter ``name`` of :attr:`stats` (the bridge's diagnostics show them)."""
         with self._lock:
             self.stats[name] = self.stats.get(name, 0) + 1
 
     def on_limit(self, peer: str, exc: LimitExceeded) -> None:
+        """A PduGuard refusal (rule 6) of ``peer``'s association: counted, with the byte count it
+        was refused at, and logged."""
         self.count("aborted_limits")
         with self._lock:
             self.stats["aborted_at_bytes"] = exc.received
@@ -594,6 +628,8 @@ class BridgeServer(ThreadedAssociationServer):
     # accept loop (socketserver calls these in the serving thread: nothing may block)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without TLS: the handshake is the connection thread's (rule 3), not the accept
+        loop's as in pynetdicom."""
         return self.socket.accept()
 
     def verify_request(self, request: socket.socket, client_address: object) -> bool:
@@ -638,6 +674,8 @@ class BridgeServer(ThreadedAssociationServer):
         return True
 
     def shutdown_request(self, request: object) -> None:
+        """Close a refused connection, except one rejected at once: service_actions() closes
+        those after the peer has read the A-ASSOCIATE-RJ."""
         if request in self._lingering or request in self._awaiting:
             return  # closed by service_actions() once the peer has read the reject
         super().shutdown_request(request)
@@ -711,6 +749,8 @@ class BridgeServer(ThreadedAssociationServer):
             sock.close()
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
+        """Start the connection's thread; if that fails, give back the pending slot
+        verify_request() took."""
         try:
             super().process_request(request, client_address)  # starts the thread
         except BaseException:
@@ -719,23 +759,32 @@ class BridgeServer(ThreadedAssociationServer):
             raise
 
     def handle_error(self, request: object, client_address: object) -> None:
+        """Log an exception that escaped a connection's handler, with its traceback; the server
+        keeps serving."""
         self.log.exception("connection from %s failed", client_address)
 
     # bookkeeping, so that shutdown() can end every connection
 
     def register_pending(self, raw: socket.socket, wrapped: socket.socket | None) -> None:
+        """Hold a connection with no association yet (``wrapped``: its TLS socket, once made) so
+        that shutdown() can close it."""
         with self._lock:
             self._connections[raw] = wrapped
 
     def register_association(self, raw: socket.socket, assoc: Association) -> None:
+        """Hold the association of connection ``raw`` so that shutdown() aborts it (A-ABORT)
+        rather than only closing its socket."""
         with self._lock:
             self._connections[raw] = assoc
 
     def unregister(self, raw: socket.socket) -> None:
+        """Forget connection ``raw``: its association or its refusal is over."""
         with self._lock:
             self._connections.pop(raw, None)
 
     def serve_in_thread(self) -> None:
+        """Run the accept loop in a daemon thread; its 50 ms poll keeps service_actions()'
+        rejects and shutdown() prompt."""
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="BridgeServer", daemon=True)
         self._thread.start()

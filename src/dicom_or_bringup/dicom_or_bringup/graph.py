@@ -138,6 +138,7 @@ class Entity:
     path: Path
 
     def at(self, attribute: str | None = None) -> str:
+        """``file:line`` of ``attribute`` (the entity's own when None or absent), for errors."""
         line = self.attrs.key_lines.get(attribute, self.attrs.line) if attribute \
             else self.attrs.line
         return _where(self.path, line)
@@ -176,26 +177,15 @@ def read(path: Path) -> list[Entity]:
 
 def _check_attributes(entity: Entity, schema: dict[str, type],
                       required: tuple[str, ...]) -> None:
+    """Every attribute of ``entity`` known and of the YAML type launch reads it as, every
+    required one present; a node's param and remap entries checked too."""
     attrs = entity.attrs
     for name, value in attrs.items():
-        where = entity.at(name)
         kind = schema.get(name)
         if kind is None:
-            raise DicomOrError(where, f"{entity.tag}: unknown attribute {name!r} (known: "
-                               f"{', '.join(schema)})")
-        if kind is Str and not isinstance(value, str):
-            raise DicomOrError(where, f"{entity.tag}.{name} must be a YAML string (launch "
-                               f"reads it as one); quote {value!r}")
-        if kind is Float and (isinstance(value, bool) or not isinstance(value, float)
-                              or not 0 <= value <= 600):
-            raise DicomOrError(where, f"{entity.tag}.{name} must be an unquoted YAML float "
-                               f"0.0..600.0 such as 10.0 (launch rejects a string or an int),"
-                               f" not {value!r}")
-        if kind is Entries and not (isinstance(value, _List) and value and all(
-                isinstance(v, _Map) for v in value)):
-            raise DicomOrError(where, f"{entity.tag}.{name} must be a list of mappings")
-        if kind is Str:
-            parse(value, where)  # substitution syntax
+            raise DicomOrError(entity.at(name), f"{entity.tag}: unknown attribute {name!r} "
+                               f"(known: {', '.join(schema)})")
+        _check_value(entity, name, kind, value)
     missing = [name for name in required if name not in attrs]
     if missing:
         raise DicomOrError(entity.at(), f"{entity.tag}: {missing[0]!r} is required")
@@ -203,20 +193,45 @@ def _check_attributes(entity: Entity, schema: dict[str, type],
         raise DicomOrError(entity.at("unless"), f"{entity.tag}: if and unless can't be used "
                            "together")
     if entity.tag == "node":
-        if attrs.get("output", "screen") not in OUTPUTS:
-            raise DicomOrError(entity.at("output"), f"node.output must be one of {OUTPUTS}")
-        for item in attrs.get("param", []):
-            _check_entry(entity, item, PARAM_FILE if "from" in item else PARAM_VALUE,
-                         ("from",) if "from" in item else ("name", "value"), "param")
-            if "type" in item and item["type"] not in _COERCE:
-                raise DicomOrError(_where(entity.path, item.line), f"param.type must be one "
-                                   f"of {', '.join(_COERCE)}, not {item['type']!r}")
-            value = item.get("value")
-            if "value" in item and not isinstance(value, (str, bool, int, float)):
-                raise DicomOrError(_where(entity.path, item.line),
-                                   "param.value must be a scalar (or a string to substitute)")
-        for item in attrs.get("remap", []):
-            _check_entry(entity, item, REMAP, ("from", "to"), "remap")
+        _check_node(entity)
+
+
+def _check_value(entity: Entity, name: str, kind: type, value: object) -> None:
+    """One attribute's value has the YAML type launch's parser takes for ``kind``."""
+    where = entity.at(name)
+    if kind is Str and not isinstance(value, str):
+        raise DicomOrError(where, f"{entity.tag}.{name} must be a YAML string (launch "
+                           f"reads it as one); quote {value!r}")
+    if kind is Float and (isinstance(value, bool) or not isinstance(value, float)
+                          or not 0 <= value <= 600):
+        raise DicomOrError(where, f"{entity.tag}.{name} must be an unquoted YAML float "
+                           f"0.0..600.0 such as 10.0 (launch rejects a string or an int),"
+                           f" not {value!r}")
+    if kind is Entries and not (isinstance(value, _List) and value and all(
+            isinstance(v, _Map) for v in value)):
+        raise DicomOrError(where, f"{entity.tag}.{name} must be a list of mappings")
+    if kind is Str:
+        parse(str(value), where)  # substitution syntax
+
+
+def _check_node(entity: Entity) -> None:
+    """A node's output choice, its param entries (a file, or a typed name/value) and its
+    remaps."""
+    attrs = entity.attrs
+    if attrs.get("output", "screen") not in OUTPUTS:
+        raise DicomOrError(entity.at("output"), f"node.output must be one of {OUTPUTS}")
+    for item in attrs.get("param", []):
+        _check_entry(entity, item, PARAM_FILE if "from" in item else PARAM_VALUE,
+                     ("from",) if "from" in item else ("name", "value"), "param")
+        if "type" in item and item["type"] not in _COERCE:
+            raise DicomOrError(_where(entity.path, item.line), f"param.type must be one "
+                               f"of {', '.join(_COERCE)}, not {item['type']!r}")
+        value = item.get("value")
+        if "value" in item and not isinstance(value, (str, bool, int, float)):
+            raise DicomOrError(_where(entity.path, item.line),
+                               "param.value must be a scalar (or a string to substitute)")
+    for item in attrs.get("remap", []):
+        _check_entry(entity, item, REMAP, ("from", "to"), "remap")
 
 
 def _check_entry(entity: Entity, item: _Map, schema: dict[str, type],
@@ -418,6 +433,8 @@ _COERCE: dict[str, Callable[[str], Any]] = {
 
 
 def parameter_value(item: _Map, configs: dict[str, str], where: str) -> Any:
+    """A ``param`` item's value as launch_ros gives it: substituted, then converted by ``type``
+    (YAML without one); a value YAML already typed must be of that type."""
     raw = item["value"]
     kind = item.get("type", "yaml")
     if not isinstance(raw, str):
@@ -437,6 +454,8 @@ def parameter_value(item: _Map, configs: dict[str, str], where: str) -> Any:
 
 @dataclass(frozen=True)
 class Argument:
+    """One ``arg`` of a launch file; a None ``default`` means launch requires it to be given."""
+
     name: str
     default: str | None
     description: str
@@ -462,10 +481,12 @@ class NodeSpec:
 
     @property
     def fully_qualified_name(self) -> str:
+        """``<namespace>/<name>``: the key of the node's parameters in a ``--params-file``."""
         return f"{self.namespace.rstrip('/')}/{self.name}"
 
     @property
     def parameter_files(self) -> list[str]:
+        """The node's parameter file paths in launch order, without the name/value overrides."""
         return [p for p in self.parameters if isinstance(p, str)]
 
     @property

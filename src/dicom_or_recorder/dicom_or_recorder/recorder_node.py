@@ -440,6 +440,8 @@ class RecorderNode(Node):
 
     def _on_control(self, request: RecordControl.Request,
                     response: RecordControl.Response) -> RecordControl.Response:
+        """The ``~/control`` service: START, STOP or SNAPSHOT the selected series (all when
+        none is named). Never raises: a refusal is ``success: false`` with the reason."""
         series = list(request.series_instance_uids)
         targets = self._select(series)
         known = {f.recorder.descriptor.series_instance_uid for f in targets if f.recorder}
@@ -448,38 +450,16 @@ class RecorderNode(Node):
             response.success = False
             response.message = f"not followed: {', '.join(unknown)}"
             return response
+        commands = {RecordControl.Request.START: self._start_streams,
+                    RecordControl.Request.STOP: self._stop_streams,
+                    RecordControl.Request.SNAPSHOT: self._snapshot_streams}
         uids: list[str] = []
         try:
-            if request.command == RecordControl.Request.START:
-                if not series:
-                    self._record_all = True
-                    self._series_override.clear()
-                for f in targets:
-                    with f.lock:
-                        f.recording = True
-                        if f.recorder is not None:
-                            f.recorder.stats.recording = True
-                            self._series_override[
-                                f.recorder.descriptor.series_instance_uid] = True
-                response.message = f"recording {len(targets)} stream(s)"
-            elif request.command == RecordControl.Request.STOP:
-                if not series:
-                    self._record_all = False
-                    self._series_override.clear()
-                for f in targets:
-                    uids += self._stop_stream(f)
-                response.message = f"stopped {len(targets)} stream(s), " \
-                                   f"{len(uids)} instance(s) finalising (see status)"
-            elif request.command == RecordControl.Request.SNAPSHOT:
-                videos = [f.video_queue for f in targets if f.video_queue is not None]
-                if not videos:
-                    raise DicomOrError("series_instance_uids", "no video stream selected")
-                for video_queue in videos:
-                    uids += video_queue.snapshot()
-                response.message = f"{len(uids)} snapshot(s)"
-            else:
+            command = commands.get(request.command)
+            if command is None:
                 raise DicomOrError("command", "must be START (1), STOP (2) or SNAPSHOT (3)",
                                    request.command)
+            response.message = command(targets, all_streams=not series, uids=uids)
         except (DicomOrError, OSError, ValueError) as exc:
             response.success = False
             response.message = str(exc)
@@ -490,6 +470,42 @@ class RecorderNode(Node):
         response.success = True
         response.sop_instance_uids = uids
         return response
+
+    def _start_streams(self, targets: list[_Followed], *, all_streams: bool,
+                       uids: list[str]) -> str:
+        """Record ``targets`` from their next sample; with ``all_streams`` also the streams
+        found later."""
+        if all_streams:
+            self._record_all = True
+            self._series_override.clear()
+        for f in targets:
+            with f.lock:
+                f.recording = True
+                if f.recorder is not None:
+                    f.recorder.stats.recording = True
+                    self._series_override[f.recorder.descriptor.series_instance_uid] = True
+        return f"recording {len(targets)} stream(s)"
+
+    def _stop_streams(self, targets: list[_Followed], *, all_streams: bool,
+                      uids: list[str]) -> str:
+        """Stop ``targets`` without waiting; ``uids`` gets the instances being finalised."""
+        if all_streams:
+            self._record_all = False
+            self._series_override.clear()
+        for f in targets:
+            uids += self._stop_stream(f)
+        return f"stopped {len(targets)} stream(s), {len(uids)} instance(s) finalising " \
+               "(see status)"
+
+    def _snapshot_streams(self, targets: list[_Followed], *, all_streams: bool,
+                          uids: list[str]) -> str:
+        """One still image of each selected video stream's current frame, into ``uids``."""
+        videos = [f.video_queue for f in targets if f.video_queue is not None]
+        if not videos:
+            raise DicomOrError("series_instance_uids", "no video stream selected")
+        for video_queue in videos:
+            uids += video_queue.snapshot()
+        return f"{len(uids)} snapshot(s)"
 
     def _stop_stream(self, f: _Followed) -> list[str]:
         """Stop recording one stream without waiting: its open segment is closed and handed
@@ -713,4 +729,6 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the ``recorder`` until Ctrl-C / SIGTERM, then finalise the open segments; a bad
+    parameter: one error line, exit 1."""
     sys.exit(run_node(RecorderNode, args))

@@ -176,7 +176,7 @@ def rotvec_to_quaternion(r: np.ndarray) -> np.ndarray:
 
 
 def format_time_offsets(offsets_us: np.ndarray, int_digits: int) -> bytes:
-    """Non-negative integer microseconds as one DS value ``S.FFFFFF\\S.FFFFFF...``, every
+    r"""Non-negative integer microseconds as one DS value ``S.FFFFFF\S.FFFFFF...``, every
     number ``int_digits + 7`` characters wide (leading spaces: PS3.5 6.2 lets DS have them),
     built with numpy so no Python object exists per value."""
     us = np.asarray(offsets_us, dtype=np.int64)
@@ -280,6 +280,28 @@ def timezone_offset(moment: _dt.datetime) -> str:
     return moment.strftime("%z")
 
 
+def _sr_document_modules(ds: Dataset) -> None:
+    """The SR document's own modules and root container (no content items yet)."""
+    # PS3.3 C.12.1 SOP Common: declare the private coding scheme (PS3.3 8.2).
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "dicom_or concepts"
+    scheme.CodingSchemeResponsibleOrganization = "dicom_or project"
+    ds.CodingSchemeIdentificationSequence = [scheme]
+    # The SR has no Frame of Reference Module: each SCOORD3D names its frame itself.
+    drop_frame_of_reference(ds)
+    # PS3.3 C.17.1 SR Document Series Module (Modality SR) and C.17.2 SR Document General.
+    ds.Modality = "SR"
+    ds.ReferencedPerformedProcedureStepSequence = []
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.PerformedProcedureCodeSequence = []
+    # PS3.3 C.17.3 SR Document Content Module: the root container.
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [concept_item(TITLE)]
+    ds.ContinuityOfContent = "SEPARATE"
+
+
 def build_pose_sr(stream: StreamDescriptor, tracks: Sequence[ToolTrack],
                   sop_instance_uid: str, instance_number: int = 1,
                   created_ns: int | None = None) -> Dataset:
@@ -305,24 +327,7 @@ def build_pose_sr(stream: StreamDescriptor, tracks: Sequence[ToolTrack],
     # keeps the same offset explicitly (consistent), content items carry no DT at all.
     ds.TimezoneOffsetFromUTC = timezone_offset(ns_to_datetime(first))
     ds.AcquisitionDateTime = ns_to_dt(first)
-    # PS3.3 C.12.1 SOP Common: declare the private coding scheme (PS3.3 8.2).
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "dicom_or concepts"
-    scheme.CodingSchemeResponsibleOrganization = "dicom_or project"
-    ds.CodingSchemeIdentificationSequence = [scheme]
-    # The SR has no Frame of Reference Module: each SCOORD3D names its frame itself.
-    drop_frame_of_reference(ds)
-    # PS3.3 C.17.1 SR Document Series Module (Modality SR) and C.17.2 SR Document General.
-    ds.Modality = "SR"
-    ds.ReferencedPerformedProcedureStepSequence = []
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = []
-    # PS3.3 C.17.3 SR Document Content Module: the root container.
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [concept_item(TITLE)]
-    ds.ContinuityOfContent = "SEPARATE"
+    _sr_document_modules(ds)
     frame = stream.frame_of_reference_uid
     content, raw_items = [], []
     for tool_id, stamps, positions, quaternions in checked:

@@ -43,6 +43,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
@@ -92,9 +93,12 @@ class PacsConfig:
 
     @property
     def enabled(self) -> bool:
+        """Whether a PACS is configured: port 0 is local-only mode (archive, nothing sent)."""
         return self.port > 0
 
     def validate(self) -> PacsConfig:
+        """Self, checked: AE titles (PS3.5 Table 6.2-1), ports, backoff, timeouts, batch size;
+        else DicomOrError naming the parameter."""
         if self.enabled:
             vr.require("pacs_ae_title", self.ae_title)
             vr.check_ae("pacs_ae_title", self.ae_title)
@@ -163,6 +167,7 @@ class StorageSender:
     # -- thread ------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the sending thread; local-only mode (no PACS) has none."""
         if self.config.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="storage_scu",
                                             daemon=True)
@@ -173,6 +178,8 @@ class StorageSender:
         self._wake.set()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the sending thread (waiting up to ``timeout_s``) and the Storage Commitment
+        listener."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -206,50 +213,18 @@ class StorageSender:
             r.sop_instance_uid)] if self.config.storage_commitment else []
         if not rows and not waiting:
             return applied
-        datasets: dict[str, StoredFile] = {}
-        for row in rows:
-            try:
-                datasets[row.sop_instance_uid] = stored_file(self.spool.absolute(row))
-            except (OSError, ValueError, AttributeError) as exc:
-                self.spool.mark_failed(row.sop_instance_uid, f"unreadable file: {exc}")
-                self.stats.failed += 1
-        assoc = self._associate(datasets.values())
+        files = self._readable_files(rows)
+        assoc = self._associate(files.values())
         if assoc is not None and not assoc.is_established and assoc.rejected_contexts:
-            # The PACS answered but accepted none of the proposed contexts: the classes
-            # it refused fail for good, the rest are tried again next round.
-            refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
-            for row in rows:
-                ds = datasets.get(row.sop_instance_uid)
-                if ds is not None and ds.sop_class_uid in refused:
-                    self._refuse(row, ds)
-            rows = [r for r in rows if self.spool.get(r.sop_instance_uid).state != FAILED]
+            rows = self._refuse_rejected_classes(assoc, rows, files)
         if assoc is None or not assoc.is_established:
-            self._defer_all(rows, "association failed: PACS unreachable or refused")
-            if self.stats.pacs_reachable is not False:  # once per outage, not per retry
-                log.warning("PACS %s unreachable or refusing associations: %d instance(s) "
-                            "wait, retrying with backoff", self._peer(), len(rows))
-            self.stats.pacs_reachable = False
+            self._pacs_unreachable(rows)
             return bool(rows)
         if self.stats.pacs_reachable is not True:
             log.info("associated with PACS %s", self._peer())
         self.stats.pacs_reachable = True
-        stored = []
         try:
-            for row in rows:
-                ds = datasets.get(row.sop_instance_uid)
-                if ds is None:
-                    continue
-                outcome = self._store(assoc, row, ds)
-                if outcome == "stored":
-                    stored.append(row)
-                elif outcome == "lost":
-                    self._defer_all([r for r in rows if r not in stored and
-                                     self.spool.get(r.sop_instance_uid).state != STORED],
-                                    "association lost during C-STORE")
-                    break
-            if stored:
-                log.info("stored %d instance(s) in PACS %s (%d so far)", len(stored),
-                         self._peer(), self.stats.stored)
+            stored = self._store_rows(assoc, rows, files)
             if self.config.storage_commitment and assoc.is_established:
                 self._request_commitment(assoc, stored + waiting)
         finally:
@@ -257,6 +232,57 @@ class StorageSender:
                 assoc.release()
         self._on_change()
         return True
+
+    def _readable_files(self, rows: list[InstanceRow]) -> dict[str, StoredFile]:
+        """The due rows' files by SOP Instance UID; an unreadable file fails for good."""
+        files: dict[str, StoredFile] = {}
+        for row in rows:
+            try:
+                files[row.sop_instance_uid] = stored_file(self.spool.absolute(row))
+            except (OSError, ValueError, AttributeError) as exc:
+                self.spool.mark_failed(row.sop_instance_uid, f"unreadable file: {exc}")
+                self.stats.failed += 1
+        return files
+
+    def _refuse_rejected_classes(self, assoc: Association, rows: list[InstanceRow],
+                                 files: dict[str, StoredFile]) -> list[InstanceRow]:
+        """The PACS answered but accepted none of the proposed contexts: the classes it
+        refused fail for good (PS3.8 9.3.3.2), the rest are tried again next round."""
+        refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
+        for row in rows:
+            file = files.get(row.sop_instance_uid)
+            if file is not None and file.sop_class_uid in refused:
+                self._refuse(row, file)
+        return [r for r in rows if self.spool.get(r.sop_instance_uid).state != FAILED]
+
+    def _pacs_unreachable(self, rows: list[InstanceRow]) -> None:
+        """Defer every row with backoff; warn once per outage, not once per retry."""
+        self._defer_all(rows, "association failed: PACS unreachable or refused")
+        if self.stats.pacs_reachable is not False:
+            log.warning("PACS %s unreachable or refusing associations: %d instance(s) "
+                        "wait, retrying with backoff", self._peer(), len(rows))
+        self.stats.pacs_reachable = False
+
+    def _store_rows(self, assoc: Association, rows: list[InstanceRow],
+                    files: dict[str, StoredFile]) -> list[InstanceRow]:
+        """C-STORE each readable row; a lost association defers the rest. The stored rows."""
+        stored: list[InstanceRow] = []
+        for row in rows:
+            file = files.get(row.sop_instance_uid)
+            if file is None:
+                continue
+            outcome = self._store(assoc, row, file)
+            if outcome == "stored":
+                stored.append(row)
+            elif outcome == "lost":
+                self._defer_all([r for r in rows if r not in stored and
+                                 self.spool.get(r.sop_instance_uid).state != STORED],
+                                "association lost during C-STORE")
+                break
+        if stored:
+            log.info("stored %d instance(s) in PACS %s (%d so far)", len(stored),
+                     self._peer(), self.stats.stored)
+        return stored
 
     def _peer(self) -> str:
         return peer_name(self.config.ae_title, self.config.host, self.config.port)
