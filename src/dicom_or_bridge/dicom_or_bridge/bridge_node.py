@@ -16,10 +16,12 @@ import dataclasses
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pydicom.config
 from pydicom.dataset import Dataset
 from rclpy.node import Node
+from rclpy.subscription import Subscription
 from std_msgs.msg import UInt16
 
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
@@ -45,7 +47,7 @@ PROBLEM_WINDOW_S = 60.0  # a logged problem keeps the bridge's health at WARN th
 class DicomBridgeNode(Node):
     """See the module docstring."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("dicom_bridge", **kwargs)
         # Wildcards and ranges in identifiers are not valid *stored* values; pydicom would
         # warn about every one of them (a process-wide setting: this node owns the process).
@@ -67,7 +69,7 @@ class DicomBridgeNode(Node):
                                 retrieve_ae_title=config.ae_title, archive_rescan_s=rescan)
         self._stream_descriptors: dict[str, StreamDescriptor] = {}
         self._stream_states: dict[str, tuple[int, float]] = {}   # stream_uuid -> (state, rate)
-        self._descriptor_subs: dict[str, object] = {}
+        self._descriptor_subs: dict[str, Subscription] = {}
         self._live_topics: set[str] = set()
         self.create_subscription(DeviceStatus, DEVICE_STATUS_TOPIC, self._on_status,
                                  named_qos("status"))

@@ -22,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import sys
 import threading
+from typing import Any
 
 from rclpy.node import Node
 from std_srvs.srv import Trigger
@@ -42,7 +43,7 @@ from dicom_or_ros.runtime import run_node
 class SessionContextNode(Node):
     """See the module docstring."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("session_context", **kwargs)
         # Every parameter, its type, default and rule: session_context_parameters.yaml.
         self.params = load_parameters(self, "dicom_or_bridge",

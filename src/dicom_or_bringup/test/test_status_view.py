@@ -1,3 +1,5 @@
+"""The status table: stream rows, the recorder line and health lines, as or_status draws them."""
+
 from dicom_or_bringup.status_view import StreamRow, render
 
 

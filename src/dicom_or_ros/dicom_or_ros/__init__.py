@@ -2,5 +2,7 @@
 
 :mod:`.convert` (messages <-> core context), :mod:`.qos` (named profiles as rclpy QoS),
 :mod:`.params` (typed parameters), :mod:`.runtime` (process set-up and ``run_node``),
-:mod:`.testing` (per-test DDS domains).
+:mod:`.graph` (streams found by their descriptors), :mod:`.image` (frames <-> arrays),
+:mod:`.diagnostics` (``/diagnostics``), :mod:`.logging_bridge` (standard logging to
+``/rosout``). Test isolation (per-test DDS domains) is test support, never installed.
 """

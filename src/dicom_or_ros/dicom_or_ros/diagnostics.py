@@ -43,7 +43,7 @@ LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 
 # A stream's DeviceStatus state as a diagnostic level: a missed deadline is STALE (the data
 # is late, not known bad), a lost device is ERROR; starting and a clean stop are no fault.
-_LEVEL_OF_STATE = {
+_LEVEL_OF_STATE: dict[int, int] = {
     StreamState.STARTING: OK,
     StreamState.LIVE: OK,
     StreamState.STALE: STALE,

@@ -21,10 +21,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dicom_or_core.config.paths import config_file
 from dicom_or_core.model.errors import DicomOrError
+
+if TYPE_CHECKING:  # rclpy itself is imported once the process is set up
+    from rclpy.node import Node
 
 ENV_FASTDDS_PROFILE = "FASTDDS_DEFAULT_PROFILES_FILE"
 ENV_NO_TUNING = "DICOM_OR_NO_TRANSPORT_TUNING"
@@ -64,7 +67,7 @@ def apply_transport_defaults() -> None:
             pass  # not glibc: the tuning is an optimisation only
 
 
-NodeT = TypeVar("NodeT")
+NodeT = TypeVar("NodeT", bound="Node")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
