@@ -54,7 +54,7 @@ def topic_token(tool_id: str) -> str:
 class TrackerDriver(Node):
     """Simulated optical tracker or OpenIGTLink TRANSFORM client."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("tracker", **kwargs)
         # Every parameter, its type, default and rule: tracker_parameters.yaml; the source
         # it names: tracker_sources.

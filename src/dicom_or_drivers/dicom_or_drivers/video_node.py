@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any
 
 import cv2
 from rclpy.node import Node
@@ -23,6 +24,7 @@ from dicom_or_drivers.pacing import Backoff, Pacer
 from dicom_or_drivers.stream import (
     SOURCE_LOST,
     DriverParameters,
+    SampleStamp,
     SessionFollower,
     StatusReporter,
     StreamConfig,
@@ -39,7 +41,7 @@ from dicom_or_ros.runtime import run_node
 class VideoDriver(Node):
     """Video frames from a synthetic pattern, a file, a camera or a URL."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("endoscope", **kwargs)
         # Every parameter, its type, default and rule: video_parameters.yaml.
         p = self.params = load_parameters(self, "dicom_or_drivers", "video_parameters.yaml")
@@ -120,7 +122,7 @@ class VideoDriver(Node):
                 self._stop.wait(delay)
         self.source.close()
 
-    def _build(self, stamp) -> ImageFrame:
+    def _build(self, stamp: SampleStamp) -> ImageFrame:
         pixels = self.source.read(stamp.sequence, stamp.acquisition_ns)
         frame = ImageFrame()
         image = fill_image(frame.image, pixels, self.encoding)

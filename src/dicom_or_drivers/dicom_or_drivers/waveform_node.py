@@ -17,11 +17,14 @@ import array
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 from rclpy.node import Node
 
 from dicom_or_core.iod.waveform import iod_for
-from dicom_or_core.model.context import KIND_WAVEFORM, StreamDescriptor
+from dicom_or_core.model.context import KIND_WAVEFORM, StreamDescriptor, WaveformChannel
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.sim.waveform import (
     GROUPS,
@@ -46,6 +49,9 @@ from dicom_or_ros.convert import ns_to_time
 from dicom_or_ros.params import load_parameters
 from dicom_or_ros.runtime import run_node
 
+# (first sample index, count) -> int16 samples, one column per channel.
+Produce = Callable[[int, int], np.ndarray]
+
 ECG_LEADS = {"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
              "MLII", "ECG"}
 
@@ -54,7 +60,7 @@ class _Channel:
     """One group's stream and its sample bookkeeping."""
 
     def __init__(self, stream: StreamPublisher, sampling_hz: float, chunk: int,
-                 produce) -> None:
+                 produce: Produce) -> None:
         self.stream = stream
         self.sampling_hz = sampling_hz
         self.chunk = chunk
@@ -67,7 +73,7 @@ class _Channel:
 class WaveformDriver(Node):
     """Simulated multi-parameter monitor or WFDB replay."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("patient_monitor", **kwargs)
         # Every parameter, its type, default and rule: waveform_parameters.yaml; a group's
         # sampling rate defaults to the group's standard rate.
@@ -138,7 +144,7 @@ class WaveformDriver(Node):
         samples = record.samples
         self._record_length = samples.shape[0]
 
-        def produce(first: int, count: int):
+        def produce(first: int, count: int) -> np.ndarray:
             index = [(first + i) % samples.shape[0] for i in range(count)]
             return samples[index]
 
@@ -146,7 +152,8 @@ class WaveformDriver(Node):
                          record.sampling_hz, record.channels, produce, params)
 
     def _add_stream(self, name: str, modality: str, description: str, rate: float,
-                    channels, produce, params: DriverParameters) -> None:
+                    channels: list[WaveformChannel], produce: Produce,
+                    params: DriverParameters) -> None:
         chunk = self._chunk_size(rate)
         stream = StreamPublisher(self, StreamConfig(
             topic=f"~/{name}", msg_type=WaveformChunk, kind=KIND_WAVEFORM, modality=modality,

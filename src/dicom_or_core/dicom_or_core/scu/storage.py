@@ -253,7 +253,12 @@ class StorageSender:
             file = files.get(row.sop_instance_uid)
             if file is not None and file.sop_class_uid in refused:
                 self._refuse(row, file)
-        return [r for r in rows if self.spool.get(r.sop_instance_uid).state != FAILED]
+        return [r for r in rows if self._state_of(r) != FAILED]
+
+    def _state_of(self, row: InstanceRow) -> str | None:
+        """The row's delivery state now (None: no longer in the spool's index)."""
+        current = self.spool.get(row.sop_instance_uid)
+        return current.state if current is not None else None
 
     def _pacs_unreachable(self, rows: list[InstanceRow]) -> None:
         """Defer every row with backoff; warn once per outage, not once per retry."""
@@ -276,7 +281,7 @@ class StorageSender:
                 stored.append(row)
             elif outcome == "lost":
                 self._defer_all([r for r in rows if r not in stored and
-                                 self.spool.get(r.sop_instance_uid).state != STORED],
+                                 self._state_of(r) != STORED],
                                 "association lost during C-STORE")
                 break
         if stored:
@@ -287,7 +292,7 @@ class StorageSender:
     def _peer(self) -> str:
         return peer_name(self.config.ae_title, self.config.host, self.config.port)
 
-    def _associate(self, files: Iterable[StoredFile]):
+    def _associate(self, files: Iterable[StoredFile]) -> Association | None:
         ae = self._ae
         ae.requested_contexts = []
         pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
@@ -306,7 +311,7 @@ class StorageSender:
             self.stats.last_error = str(exc)
             return None
 
-    def _store(self, assoc, row: InstanceRow, file: StoredFile) -> str:
+    def _store(self, assoc: Association, row: InstanceRow, file: StoredFile) -> str:
         accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0]))
                     for c in assoc.accepted_contexts}
         if (file.sop_class_uid, file.transfer_syntax_uid) not in accepted:
@@ -361,7 +366,7 @@ class StorageSender:
 
     # -- storage commitment ------------------------------------------------------------
 
-    def _request_commitment(self, assoc, rows: list[InstanceRow]) -> None:
+    def _request_commitment(self, assoc: Association, rows: list[InstanceRow]) -> None:
         if not rows:
             return
         request = Dataset()
@@ -436,7 +441,7 @@ class StorageSender:
             self._on_change()
         return bool(reports)
 
-    def _on_event_report(self, event) -> tuple[int, Dataset | None]:
+    def _on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         # Runs in pynetdicom's thread; the report is applied by the sender's thread.
         ds = event.event_information
         transaction = str(ds.get("TransactionUID", ""))
