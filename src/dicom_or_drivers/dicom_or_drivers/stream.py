@@ -43,6 +43,7 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
@@ -225,7 +226,7 @@ class StreamPublisher:
         self._status = status
         self._lock = threading.RLock()
         self.stream_uuid = new_stream_uuid()
-        self.publisher = node.create_publisher(
+        self.publisher: Publisher[Any] = node.create_publisher(
             config.msg_type, config.topic, named_qos(config.qos_profile, config.publish_rate_hz),
             event_callbacks=PublisherEventCallbacks(deadline=self._on_deadline_missed,
                                                     liveliness=self._on_liveliness_lost),

@@ -7,7 +7,7 @@ recursive walk does every type: no per-field copy code to drift out of date.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from builtin_interfaces.msg import Time
 
@@ -44,7 +44,8 @@ def to_msg(obj: Any) -> Any:
 def from_msg(cls: type[T], msg: Any) -> T:
     """A ROS message as the core context dataclass ``cls``."""
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    # ``cls`` is one of the context dataclasses; a TypeVar cannot say "a dataclass type".
+    for f in dataclasses.fields(cast(Any, cls)):
         value = getattr(msg, f.name)
         nested = ctx.NESTED_FIELDS.get((cls, f.name))
         if nested is not None and isinstance(value, (list, tuple)):

@@ -365,7 +365,7 @@ def _value_bytes(item: Dataset, tag: BaseTag) -> bytes:
     elem = item.get_item(tag)
     if elem is None:
         raise DicomOrError("poses", "SR content item lacks an element", str(tag))
-    if elem.is_raw and elem.is_little_endian:
+    if isinstance(elem, RawDataElement) and elem.is_little_endian:
         return bytes(elem.value or b"")
     value = item[tag].value
     values = [] if value is None else list(np.atleast_1d(value))

@@ -31,13 +31,23 @@ OCCLUSION_PERIOD_S = 6.0
 OCCLUSION_LENGTH_S = 1.0
 
 
+# Position (m) and unit quaternion (x, y, z, w), as the pose messages carry them.
+Position = tuple[float, float, float]
+Quaternion = tuple[float, float, float, float]
+
+
+def _position(xyz: np.ndarray) -> Position:
+    """A position as plain floats (no numpy scalars in messages or comparisons)."""
+    return (float(xyz[0]), float(xyz[1]), float(xyz[2]))
+
+
 @dataclass(frozen=True)
 class ToolPose:
     """One tool's pose: position (m), unit quaternion (x, y, z, w), visibility, quality."""
 
     tool_id: str
-    position: tuple[float, float, float]
-    orientation: tuple[float, float, float, float]
+    position: Position
+    orientation: Quaternion
     visible: bool
     quality: float
 
@@ -73,7 +83,7 @@ def parse_tools(specs: list[str]) -> list[tuple[str, str]]:
     return tools
 
 
-def quaternion_from_axis_angle(axis: np.ndarray, angle: float) -> tuple[float, ...]:
+def quaternion_from_axis_angle(axis: np.ndarray, angle: float) -> Quaternion:
     """Unit quaternion (x, y, z, w) of a rotation of ``angle`` rad about ``axis``.
 
     One pose at a time, so not scipy's ``Rotation``: building one costs ~12 us against
@@ -85,7 +95,7 @@ def quaternion_from_axis_angle(axis: np.ndarray, angle: float) -> tuple[float, .
     return (float(axis[0] * s), float(axis[1] * s), float(axis[2] * s), math.cos(angle / 2))
 
 
-def _multiply(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+def _multiply(a: Quaternion, b: Quaternion) -> Quaternion:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
     return (aw * bx + ax * bw + ay * bz - az * by,
@@ -106,7 +116,7 @@ class TrackerSimulator:
                               for name, _ in self.tools}
         self._seed = seed
 
-    def _instrument(self, name: str, t: float) -> tuple[tuple, tuple]:
+    def _instrument(self, name: str, t: float) -> tuple[Position, Quaternion]:
         phase = self._phase[name]
         position = (0.06 * math.sin(0.5 * t + phase),
                     0.04 * math.sin(0.8 * t + 2 * phase),
@@ -127,7 +137,7 @@ class TrackerSimulator:
         if kind == "reference":
             position = self._reference_at[name] + self._jitter(name, t)
             orientation = quaternion_from_axis_angle(np.array([1.0, 0.0, 0.0]), math.pi)
-            return ToolPose(name, tuple(float(v) for v in position), orientation, True, 0.98)
+            return ToolPose(name, _position(position), orientation, True, 0.98)
         visible = True
         seen_at = t
         if kind == "occluded":
@@ -136,8 +146,8 @@ class TrackerSimulator:
                 visible = False
                 seen_at = t - (into_cycle - (OCCLUSION_PERIOD_S - OCCLUSION_LENGTH_S))
         position, orientation = self._instrument(name, seen_at)
-        position = tuple(float(v) for v in np.asarray(position) + self._jitter(name, seen_at))
-        return ToolPose(name, position, orientation, visible, 0.95 if visible else 0.0)
+        jittered = _position(np.asarray(position) + self._jitter(name, seen_at))
+        return ToolPose(name, jittered, orientation, visible, 0.95 if visible else 0.0)
 
     def poses(self, t: float) -> list[ToolPose]:
         """Every tool's pose at time ``t``."""
