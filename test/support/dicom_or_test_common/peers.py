@@ -29,6 +29,8 @@ from dicom_or_bringup.peer_tools import (  # noqa: F401  (the tests' one import 
 )
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+# Debian orthanc-dicomweb: QIDO-RS / WADO-RS / STOW-RS server and a DICOMweb client.
+ORTHANC_DICOMWEB_PLUGIN = "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"
 
 
 @dataclass
@@ -36,13 +38,18 @@ class Orthanc:
     """An Orthanc PACS on loopback, for one test or benchmark.
 
     ``modalities`` maps a name to (AE title, host, port) of peers Orthanc may talk to
-    (C-MOVE destinations, query targets). Use as a context manager.
+    (C-MOVE destinations, query targets). With ``dicomweb`` the Debian DICOMweb plugin is
+    loaded: Orthanc serves ``/dicom-web/`` (QIDO-RS, WADO-RS, STOW-RS) and can query the
+    DICOMweb servers of ``dicomweb_servers`` (name -> the plugin's server entry: a base URL,
+    or a dict with ``Url`` and ``HttpHeaders``) through its REST API. Use as a context manager.
     """
 
     workdir: Path
     aet: str = "ORTHANC"
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     extra_config: dict[str, Any] = field(default_factory=dict)
+    dicomweb: bool = False
+    dicomweb_servers: dict[str, Any] = field(default_factory=dict)
     dicom_port: int = 0
     http_port: int = 0
     process: subprocess.Popen | None = None
@@ -73,6 +80,10 @@ class Orthanc:
             "ConcurrentJobs": 2,
             "DicomScuTimeout": 30,
         }
+        if self.dicomweb:
+            config["Plugins"] = [ORTHANC_DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/",
+                                  "Servers": self.dicomweb_servers}
         config.update(self.extra_config)
         return config
 
@@ -81,6 +92,9 @@ class Orthanc:
         if not Path(ORTHANC_BINARY).is_file():
             raise FileNotFoundError(f"{ORTHANC_BINARY} is not installed (apt-get install "
                                     "orthanc)")
+        if self.dicomweb and not Path(ORTHANC_DICOMWEB_PLUGIN).is_file():
+            raise FileNotFoundError(f"{ORTHANC_DICOMWEB_PLUGIN} is not installed (apt-get "
+                                    "install orthanc-dicomweb)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dicom_port = self.dicom_port or free_tcp_port()
         self.http_port = self.http_port or free_tcp_port()
