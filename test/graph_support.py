@@ -52,8 +52,8 @@ def findscu(port: int, workdir: Path, keys: list[str]) -> list[pydicom.Dataset]:
 
 
 def find_series(port: int, workdir: Path) -> list[pydicom.Dataset]:
-    """The hierarchical search a PACS workstation does: the studies, then each study's
-    series (the bridge, like PS3.4 C.4.1.3.1.1 allows, does not do relational queries)."""
+    """The hierarchical search a strict PACS workstation does: the studies, then each
+    study's series (the one-step series query is tested in test_dcmtk_interop.py)."""
     series = []
     for study in findscu(port, workdir, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
                                          "PatientID"]):

@@ -560,8 +560,10 @@ class BridgeScp:
         """C-ECHO (PS3.7 9.1.5): always Success; it carries no data to refuse."""
         return q.SUCCESS
 
-    def _parse(self, event: evt.Event, roots: dict[str, str]) -> tuple[q.Query, bool]:
-        """Decode and validate the request identifier or raise QueryError."""
+    def _parse(self, event: evt.Event, roots: dict[str, str],
+               open_upper_levels: bool = False) -> tuple[q.Query, bool]:
+        """Decode and validate the request identifier or raise QueryError
+        (``open_upper_levels``: see :func:`dicom_or_core.qr.query.parse_identifier`)."""
         uid = event.request.AffectedSOPClassUID
         raw = event.request.Identifier
         size = len(raw.getvalue()) if raw is not None else 0
@@ -576,11 +578,14 @@ class BridgeScp:
                                f"identifier cannot be decoded: {type(exc).__name__}") from None
         relational, combined = self._extended(event, uid)
         return q.parse_identifier(identifier, roots[uid], relational=relational,
-                                  combined_datetime=combined), combined
+                                  combined_datetime=combined,
+                                  open_upper_levels=open_upper_levels), combined
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[object, Dataset | None]]:
         try:
-            query, combined = self._parse(event, FIND_ROOTS)
+            # A C-FIND may leave the upper levels open (Study Root SERIES without
+            # StudyInstanceUID); retrieval below keeps the strict hierarchy.
+            query, combined = self._parse(event, FIND_ROOTS, open_upper_levels=True)
             model = self.store.snapshot()
             # Only the records that can hold the query's unique key (a superset of the
             # matches): an IMAGE query for one instance does not walk the whole archive.

@@ -96,10 +96,29 @@ def test_findscu_wildcard_range_and_uid_list(bridge, tmp_path, key, expected):
     assert {s.Modality for s in series} == expected
 
 
+def test_findscu_one_step_series_query_without_the_study(bridge, tmp_path):
+    """"Which ES streams are live?" in one query: a Study Root SERIES query whose
+    StudyInstanceUID is universal is answered over every study, as Orthanc answers it."""
+    scp, _ = bridge
+    code, series = findscu(scp.port, tmp_path, "-S", "QueryRetrieveLevel=SERIES",
+                           "StudyInstanceUID", "Modality=ES", "RetrieveURL")
+    assert code == 0
+    assert [(s.StudyInstanceUID, s.Modality) for s in series] == [(STUDY, "ES")]
+    assert series[0].RetrieveURL.startswith("ros2:/or/endoscope/frames?")
+    code, any_study = findscu(scp.port, tmp_path, "-S", "QueryRetrieveLevel=SERIES",
+                              "StudyInstanceUID=*", "SeriesInstanceUID")
+    assert code == 0 and {s.SeriesInstanceUID for s in any_study} == {VIDEO_SERIES, ECG_SERIES}
+    # Patient Root STUDY query without PatientID: every patient's studies.
+    code, studies = findscu(scp.port, tmp_path, "-P", "QueryRetrieveLevel=STUDY",
+                            "StudyInstanceUID", "PatientID")
+    assert code == 0 and [(s.StudyInstanceUID, s.PatientID) for s in studies] == \
+        [(STUDY, PATIENT_ID)]
+
+
 def test_findscu_failure_status_is_reported(bridge, tmp_path):
     scp, _ = bridge
     result = run_tool([tool("findscu"), "-v", "-S", "-aec", "DICOM_OR", "-k",
-                       "QueryRetrieveLevel=SERIES",
+                       "QueryRetrieveLevel=SERIES", "-k", "StudyInstanceUID=1.2.*",
                        "-k", "Modality", "127.0.0.1", str(scp.port)], timeout_s=60)
     assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr
 

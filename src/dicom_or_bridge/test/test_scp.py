@@ -148,10 +148,25 @@ def test_utf8_query_and_answer():
     assert [str(a.PatientName) for a in answers] == ["Müller^Jörg"]
 
 
+def test_series_query_without_study_uid_answers_over_every_study():
+    """Open upper levels (like Orthanc, without relational negotiation): the ES series of
+    every study; a malformed upper-level key is still refused."""
+    from bridge_fixtures import ecg, video
+    other_study = video(uid="1.2.826.0.1.3680043.8.498.77.1", topic="/or/other/frames",
+                        study_uid="1.2.826.0.1.3680043.8.498.77")
+    with running_scp(streams=[video(), ecg(), other_study]) as scp:
+        status, answers = find(scp.port, ident(QueryRetrieveLevel="SERIES", Modality="ES",
+                                               StudyInstanceUID=""))
+        assert status.Status == 0
+        assert sorted(a.StudyInstanceUID for a in answers) == sorted(
+            [STUDY, "1.2.826.0.1.3680043.8.498.77"])
+        status, answers = find(scp.port, ident(QueryRetrieveLevel="SERIES",
+                                               StudyInstanceUID="1.2.*"))
+        assert status.Status == 0xA900 and answers == []
+
+
 def test_relational_and_combined_datetime_by_extended_negotiation():
     with running_scp() as scp:
-        strict, _ = find(scp.port, ident(QueryRetrieveLevel="SERIES", Modality="ES"))
-        assert strict.Status == 0xA900
         item = SOPClassExtendedNegotiation()
         item.sop_class_uid = STUDY_FIND
         item.service_class_application_information = b"\x01\x01"
@@ -166,7 +181,7 @@ def test_relational_and_combined_datetime_by_extended_negotiation():
     (ident(StudyInstanceUID=STUDY), 0xA900),                          # no level
     (ident(QueryRetrieveLevel="FRAME", StudyInstanceUID=STUDY), 0xA900),
     (ident(QueryRetrieveLevel="PATIENT"), 0xA900),                      # not in Study Root
-    (ident(QueryRetrieveLevel="SERIES"), 0xA900),                       # no Study UID
+    (ident(QueryRetrieveLevel="SERIES", StudyInstanceUID="1.2.*"), 0xA900),  # UID wildcard
     (ident(QueryRetrieveLevel="STUDY", StudyDate="2024-99-99"), 0xA900),  # invalid DA
     (ident(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.x"), 0xA900),  # invalid UI
 ])
@@ -373,7 +388,7 @@ def test_c_move_to_configured_destination_and_unknown_destination(tmp_path):
 @pytest.mark.parametrize("raw", [
     b"\x08\x00\x52\x00ZZ\x06\x00SERIES",      # an invalid VR
     b"\x08\x00\x52\x00CS\x06\x00SER",          # value shorter than its length
-    b"\x08\x00\x52\x00CS\xff\xffSERIES",       # absurd length
+    b"\x08\x00\x52\x00CS\x06\x00SERIES\x20\x00\x0d\x00UI\xff\xff1.2.x",  # absurd length
     b"\xff" * 33,                               # no DICOM at all
 ])
 def test_undecodable_identifiers_get_a_failure_status(raw):

@@ -47,6 +47,28 @@ def test_unique_keys_above_the_level_need_a_single_value(root, level, keys):
     assert err.value.status == q.FAILURE_IDENTIFIER_DOES_NOT_MATCH
 
 
+@pytest.mark.parametrize("root, level, keys", [
+    (q.PATIENT_ROOT, "STUDY", {}),
+    (q.PATIENT_ROOT, "SERIES", {"PatientID": "P*"}),
+    (q.STUDY_ROOT, "SERIES", {"StudyInstanceUID": "", "Modality": "ES"}),
+    (q.STUDY_ROOT, "SERIES", {"StudyInstanceUID": "*"}),
+    (q.STUDY_ROOT, "IMAGE", {"StudyInstanceUID": ["1.2", "1.3"]}),
+])
+def test_open_upper_levels_accept_absent_universal_and_listed_unique_keys(root, level, keys):
+    parsed = q.parse_identifier(ident(QueryRetrieveLevel=level, **keys), root,
+                                open_upper_levels=True)
+    assert parsed.level == level
+
+
+@pytest.mark.parametrize("keys", [{"StudyInstanceUID": "1.2.*"}, {"StudyInstanceUID": "x"},
+                                  {"StudyDate": "2024-01-01"}])
+def test_open_upper_levels_still_refuse_malformed_keys(keys):
+    with pytest.raises(q.QueryError) as err:
+        q.parse_identifier(ident(QueryRetrieveLevel="SERIES", **keys), q.STUDY_ROOT,
+                           open_upper_levels=True)
+    assert err.value.status == q.FAILURE_IDENTIFIER_DOES_NOT_MATCH
+
+
 def test_relational_queries_lift_the_hierarchy_rule():
     parsed = q.parse_identifier(ident(QueryRetrieveLevel="SERIES", Modality="ES"),
                                 q.STUDY_ROOT, relational=True)

@@ -239,13 +239,18 @@ def _text(value: object) -> str:
 
 
 def is_universal(elem: DataElement) -> bool:
-    """Universal matching: zero-length, or only '*' for a wildcard VR (C.2.2.2.3)."""
+    """Universal matching: zero-length, or only '*' for a wildcard VR (C.2.2.2.3).
+
+    A UI key of only ``*`` is universal too. UI takes no wild cards (C.2.2.2.4), so the
+    value is not a UID that could match anything; findscu users type ``StudyInstanceUID=*``
+    for "any study", and the widely deployed archives (Orthanc, dcm4chee) answer it so.
+    """
     values = _values(elem)
     if not values:
         return True
     if elem.VR == "SQ":
         return all(len(item) == 0 for item in elem.value)
-    return elem.VR in _WILDCARD_VRS and len(values) == 1 and _text(values[0]) == "*"
+    return elem.VR in _WILDCARD_VRS | {"UI"} and len(values) == 1 and _text(values[0]) == "*"
 
 
 def _pn_norm(text: str, groups: bool) -> str:
@@ -498,21 +503,29 @@ def _single_value(elem: DataElement) -> bool:
 
 
 def parse_identifier(identifier: Dataset, root: str, *, relational: bool = False,
-                     combined_datetime: bool = False) -> Query:
+                     combined_datetime: bool = False, open_upper_levels: bool = False) -> Query:
     """Validate an identifier against the information model ``root``.
 
     Hierarchical rules (PS3.4 C.4.1.2.2.1): Query/Retrieve Level present and legal for the
     model, and the unique key of every level above it present with a single value, unless
     relational queries were negotiated (``relational``), when they may be absent or any key.
-    Every key must be usable for matching (:func:`check_key`); with ``combined_datetime`` the
-    time of a date-time pair may be a range that wraps midnight (its bounds are checked one
-    by one, the order applies to the combined range).
+
+    ``open_upper_levels`` (C-FIND and QIDO-RS): a unique key above the level may also be
+    absent, universal or a list of UIDs, and the query then spans every entity above, as the
+    widely deployed archives answer a Study Root SERIES query without StudyInstanceUID
+    ("which ES series are live?") without relational extended negotiation. Retrieval keeps
+    the strict rule: a C-GET / C-MOVE names what it moves.
+
+    Every key must be usable for matching (:func:`check_key`): a malformed value (a UID that
+    is not one, an invalid date or range) is refused whatever the level. With
+    ``combined_datetime`` the time of a date-time pair may be a range that wraps midnight
+    (its bounds are checked one by one, the order applies to the combined range).
     """
     if root not in ROOT_LEVELS:
         raise ValueError(f"unknown information model {root!r}")
     try:
         level = _query_level(identifier, root)
-        if not relational:
+        if not (relational or open_upper_levels):
             _check_unique_keys_above(identifier, root, level)
         paired = _check_paired_times(identifier) if combined_datetime else set()
         for elem in identifier:
