@@ -36,15 +36,19 @@ SRC = ROOT / "src"
 
 # Top-level import name -> rosdep key, for every third-party import in the workspace.
 ROSDEP_KEYS = {
+    "PIL": "python3-pil",
+    "aiohttp": "python3-aiohttp",
     "av": "python3-av",
     "cv2": "python3-opencv",
     "numpy": "python3-numpy",
     "pydicom": "python3-pydicom",
     "pynetdicom": "python3-pynetdicom",
     "pytest": "python3-pytest",
+    "requests": "python3-requests",
     "scipy": "python3-scipy",
     "yaml": "python3-yaml",
     # Packaged by no distribution rosdep targets: rosdep's pip keys (installed with pip).
+    "dicomweb_client": "python3-dicomweb-client-pip",
     "highdicom": "python3-highdicom-pip",
     "pyigtl": "python3-pyigtl-pip",
     "wfdb": "python3-wfdb-pip",

@@ -1,34 +1,42 @@
-"""C-STORE SCU with retry + exponential backoff and Storage Commitment, fed by the spool.
+"""Storage SCU fed by the spool: retry with exponential backoff, exactly-once delivery, by
+DIMSE C-STORE (with Storage Commitment) or by STOW-RS.
 
 :class:`StorageSender` runs in a background thread (or step by step with
 :meth:`StorageSender.run_once` in tests). Each round it takes the ``final`` instances whose
-next attempt is due from the spool index, sends them over one association, and moves each
-one on according to the C-STORE status (PS3.4 B.2.3):
+next attempt is due from the spool index and hands them to its transport
+(:mod:`dicom_or_core.scu.transport`): :class:`DimseTransport` sends them over one
+association, :class:`~dicom_or_core.scu.stow.StowTransport` in bounded STOW-RS requests
+(``protocol`` ``dimse`` or ``stowrs``). Whatever the transport, each instance then moves on
+the same way, and the same counters count it:
 
-* Success (0000) or a warning (B000, B006, B007) -> ``stored``.
-* Out of resources (A7xx), association refused / aborted / no connection / timeout ->
-  attempt counted, next attempt after ``min(max_backoff_s, initial_backoff_s * 2**n)``.
-* Any other failure (A9xx data set does not match the SOP class, Cxxx cannot understand,
-  0122 SOP class not supported) or a presentation context the PACS rejected -> ``failed``:
+* stored (C-STORE Success (0000) or a warning (B000, B006, B007); listed in a STOW-RS
+  response's Referenced SOP Sequence) -> ``stored``.
+* out of resources (A7xx), or the destination unreachable / refusing / timing out (no
+  association; connection refused, HTTP 5xx, 401/403) -> attempt counted, next attempt after
+  ``min(max_backoff_s, initial_backoff_s * 2**n)``; an outage is warned once, not per retry.
+* any other failure (A9xx data set does not match the SOP class, Cxxx cannot understand,
+  0122 SOP class not supported, or a presentation context the PACS rejected) -> ``failed``:
   resending cannot help; the file stays for an operator.
 
-Storage Commitment Push Model (PS3.4 J): after a batch is stored the sender requests
-commitment (N-ACTION, Action Type 1, a Transaction UID and the Referenced SOP Sequence). The
-N-EVENT-REPORT may come on the same association (waited for briefly) or on a new association
-the PACS opens to this AE (``commitment_port``; the PACS must know this AE as a modality, as
-Orthanc's ``DicomModalities``), and is applied by the sender's thread: committed instances ->
-``committed``; instances the PACS reports as failed go back to ``final`` and are sent again;
-a request without report after ``commitment_timeout_s`` is repeated. Sending never waits for
-a report.
+Storage Commitment Push Model (PS3.4 J), DIMSE only: after a batch is stored the sender
+requests commitment (N-ACTION, Action Type 1, a Transaction UID and the Referenced SOP
+Sequence). The N-EVENT-REPORT may come on the same association (waited for briefly) or on a
+new association the PACS opens to this AE (``commitment_port``; the PACS must know this AE
+as a modality, as Orthanc's ``DicomModalities``), and is applied by the sender's thread:
+committed instances -> ``committed``; instances the PACS reports as failed go back to
+``final`` and are sent again; a request without report after ``commitment_timeout_s`` is
+repeated. Sending never waits for a report. STOW-RS has no commitment: an instance the
+response confirms is ``stored``, and that is final (``PacsConfig.commitment`` is False).
 
-Exactly-once delivery: an instance is sent until one C-STORE succeeds and never after (its
+Exactly-once delivery: an instance is sent until one store succeeds and never after (its
 state is kept in SQLite across restarts). A store whose response is lost (PACS died
-mid-association) is sent again; the PACS then receives the same SOP Instance UID twice,
-which a PACS treats as the same instance (Orthanc keeps one).
+mid-association, mid-request) is sent again; the PACS then receives the same SOP Instance
+UID twice, which a PACS treats as the same instance (Orthanc keeps one).
 
 Memory: only each file's File Meta Information is read (SOP class, transfer syntax); the
 C-STORE payload is streamed from the file in PDU-sized chunks (pynetdicom's chunked send),
-so a backlog of any size, with instances of gigabytes, costs the same memory as one PDU.
+the STOW-RS body from the files in 1 MiB chunks, so a backlog of any size, with instances of
+gigabytes, costs the same memory as one chunk.
 """
 
 from __future__ import annotations
@@ -38,46 +46,45 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
-from dicom_or_core.archive.spool import FAILED, STORED, InstanceRow, Spool
+from dicom_or_core.archive.spool import STORED, InstanceRow, Spool
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.uid import new_uid
 from dicom_or_core.scu.association import client_ae, peer_name
 from dicom_or_core.scu.compat import send_stored_files_chunked
+from dicom_or_core.scu.stow import StowConfig, StowTransport
+from dicom_or_core.scu.transport import (
+    RETRY,
+    DeliverySink,
+    PacsUnreachable,
+    StoredFile,
+    Transport,
+    classify_status,
+    stored_file,
+)
+from dicom_or_core.scu.transport import STORED as STORED_FATE
+
+__all__ = ["DIMSE", "STOWRS", "DimseTransport", "PacsConfig", "SenderStats",
+           "StorageSender", "StoredFile", "stored_file"]
 
 log = logging.getLogger("dicom_or.storage_scu")
 # The well-known SOP Instance of Storage Commitment Push Model (PS3.4 J.3).
 STORAGE_COMMITMENT_INSTANCE = StorageCommitmentPushModelInstance
-_WARNINGS = {0xB000, 0xB006, 0xB007}
 SAME_ASSOCIATION_WAIT_S = 2.0
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """What sending an archived file needs to know, from its File Meta Information only."""
-
-    path: Path
-    sop_class_uid: str
-    transfer_syntax_uid: str
-
-
-def stored_file(path: Path) -> StoredFile:
-    """Read a file's File Meta Information (PS3.10 7.1), never its data set."""
-    meta = read_file_meta_info(path)
-    return StoredFile(path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+DIMSE, STOWRS = "dimse", "stowrs"
+PROTOCOLS = (DIMSE, STOWRS)
 
 
 @dataclass
 class PacsConfig:
-    """Where and how to store. ``port`` 0 means local-only mode (no PACS)."""
+    """Where and how to store. ``port`` 0 (DIMSE) or an empty ``stow_url`` (STOW-RS) means
+    local-only mode (no PACS)."""
 
     ae_title: str = ""
     host: str = "127.0.0.1"
@@ -90,16 +97,48 @@ class PacsConfig:
     max_backoff_s: float = 60.0
     timeout_s: float = 30.0
     batch_size: int = 50
+    protocol: str = DIMSE             # dimse: C-STORE; stowrs: STOW-RS (PS3.18 10.5)
+    stow_url: str = ""                # STOW-RS: base URL of the DICOMweb service
+    token: str = ""                   # STOW-RS: bearer token
+    tls_ca_file: str = ""             # STOW-RS over https: CA bundle (empty: system CAs)
+    tls_cert_file: str = ""           # ... client certificate (mutual TLS)
+    tls_key_file: str = ""            # ... its key, if not in the certificate file
+    max_request_bytes: int = 256 << 20  # STOW-RS: files per request
 
     @property
     def enabled(self) -> bool:
-        """Whether a PACS is configured: port 0 is local-only mode (archive, nothing sent)."""
-        return self.port > 0
+        """Whether a PACS is configured: port 0 (DIMSE) or no STOW-RS URL is local-only mode
+        (archive, nothing sent)."""
+        return bool(self.stow_url) if self.protocol == STOWRS else self.port > 0
+
+    @property
+    def commitment(self) -> bool:
+        """Whether stored instances wait for Storage Commitment (DIMSE only)."""
+        return self.storage_commitment and self.protocol == DIMSE
+
+    def stow(self) -> StowConfig:
+        """The STOW-RS transport's part of the configuration."""
+        return StowConfig(url=self.stow_url, token=self.token, ca_file=self.tls_ca_file,
+                          cert_file=self.tls_cert_file, key_file=self.tls_key_file,
+                          connect_timeout_s=min(self.timeout_s, 5.0), timeout_s=self.timeout_s,
+                          max_instances=self.batch_size,
+                          max_request_bytes=self.max_request_bytes)
+
+    def describe(self) -> str:
+        """Where instances go, for the start-up log line."""
+        if not self.enabled:
+            return "local-only"
+        if self.protocol == STOWRS:
+            return f"PACS {self.stow_url} by STOW-RS"
+        return f"PACS {self.ae_title}@{self.host}:{self.port}"
 
     def validate(self) -> PacsConfig:
-        """Self, checked: AE titles (PS3.5 Table 6.2-1), ports, backoff, timeouts, batch size;
-        else DicomOrError naming the parameter."""
-        if self.enabled:
+        """Self, checked: protocol, AE titles (PS3.5 Table 6.2-1), ports, backoff, timeouts,
+        batch size, the STOW-RS URL and TLS files; else DicomOrError naming the parameter."""
+        if self.protocol not in PROTOCOLS:
+            raise DicomOrError("pacs_protocol", f"must be one of {', '.join(PROTOCOLS)}",
+                               self.protocol)
+        if self.enabled and self.protocol == DIMSE:
             vr.require("pacs_ae_title", self.ae_title)
             vr.check_ae("pacs_ae_title", self.ae_title)
             vr.require("pacs_host", self.host)
@@ -114,7 +153,9 @@ class PacsConfig:
         if self.commitment_timeout_s <= 0 or self.timeout_s <= 0:
             raise DicomOrError("timeout_s", "timeouts must be > 0")
         if self.batch_size < 1:
-            raise DicomOrError("batch_size", "must be >= 1", self.batch_size)
+            raise DicomOrError("pacs_batch_size", "must be >= 1", self.batch_size)
+        if self.enabled and self.protocol == STOWRS:
+            self.stow().validate()
         return self
 
 
@@ -143,26 +184,21 @@ class StorageSender:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._reports: dict[str, Dataset] = {}
-        self._pending: dict[str, tuple[float, set[str]]] = {}
-        self._report_cv = threading.Condition()
-        self._server = None
-        # Send each file as stored, in PDU-sized chunks, instead of decoding it whole into
-        # memory (pynetdicom >= 2.0). Process-wide in pynetdicom: the recorder process is the
-        # only one that sends C-STOREs, and it always proposes each file's own syntax.
-        send_stored_files_chunked()
-        self._ae = client_ae(config.calling_ae_title, config.timeout_s)
-        if config.enabled and config.storage_commitment and config.commitment_port:
-            listener = AE(ae_title=config.calling_ae_title)
-            listener.add_supported_context(StorageCommitmentPushModel, scu_role=True,
-                                           scp_role=True)
-            try:
-                self._server = listener.start_server(
-                    ("0.0.0.0", config.commitment_port), block=False,
-                    evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_event_report)])
-            except OSError as exc:  # in use, or not ours to bind: a configuration error
-                raise DicomOrError("commitment_port", f"cannot listen: {exc.strerror}",
-                                   config.commitment_port) from None
+        self.transport: Transport
+        if config.protocol == STOWRS and config.enabled:
+            self.transport = StowTransport(config.stow())
+        else:
+            self.transport = DimseTransport(config, spool, self.stats, self._changed,
+                                            self._stop, self._wake)
+
+    @property
+    def _pending(self) -> dict[str, tuple[float, set[str]]]:
+        """Storage Commitment requests awaiting their report (DIMSE), by Transaction UID."""
+        commitment = getattr(self.transport, "commitment", None)
+        return commitment.pending if commitment is not None else {}
+
+    def _changed(self) -> None:
+        self._on_change()
 
     # -- thread ------------------------------------------------------------------------
 
@@ -178,16 +214,14 @@ class StorageSender:
         self._wake.set()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the sending thread (waiting up to ``timeout_s``) and the Storage Commitment
-        listener."""
+        """Stop the sending thread (waiting up to ``timeout_s``), the Storage Commitment
+        listener and the transport's connections."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        self.transport.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -204,32 +238,24 @@ class StorageSender:
     # -- one round ---------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Send what is due, request commitment; True if anything was attempted."""
+        """Send what is due (and request commitment, DIMSE); True if anything was
+        attempted."""
         if not self.config.enabled:
             return False
-        applied = self._apply_reports()
+        applied = self.transport.poll()
         rows = self.spool.due(self.config.batch_size)
-        waiting = [r for r in self.spool.rows(STORED) if not self._pending_for(
-            r.sop_instance_uid)] if self.config.storage_commitment else []
+        waiting = self.transport.waiting()
         if not rows and not waiting:
             return applied
         files = self._readable_files(rows)
-        assoc = self._associate(files.values())
-        if assoc is not None and not assoc.is_established and assoc.rejected_contexts:
-            rows = self._refuse_rejected_classes(assoc, rows, files)
-        if assoc is None or not assoc.is_established:
-            self._pacs_unreachable(rows)
-            return bool(rows)
-        if self.stats.pacs_reachable is not True:
-            log.info("associated with PACS %s", self._peer())
-        self.stats.pacs_reachable = True
+        outcome = _Round(self, [r for r in rows if r.sop_instance_uid in files])
         try:
-            stored = self._store_rows(assoc, rows, files)
-            if self.config.storage_commitment and assoc.is_established:
-                self._request_commitment(assoc, stored + waiting)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+            self.transport.deliver(outcome.rows, files, waiting, outcome)
+        except PacsUnreachable as exc:
+            self._pacs_unreachable(outcome.unanswered(), str(exc))
+            self._on_change()
+            return bool(rows)
+        outcome.finish()
         self._on_change()
         return True
 
@@ -244,53 +270,168 @@ class StorageSender:
                 self.stats.failed += 1
         return files
 
-    def _refuse_rejected_classes(self, assoc: Association, rows: list[InstanceRow],
-                                 files: dict[str, StoredFile]) -> list[InstanceRow]:
-        """The PACS answered but accepted none of the proposed contexts: the classes it
-        refused fail for good (PS3.8 9.3.3.2), the rest are tried again next round."""
-        refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
-        for row in rows:
-            file = files.get(row.sop_instance_uid)
-            if file is not None and file.sop_class_uid in refused:
-                self._refuse(row, file)
-        return [r for r in rows if self._state_of(r) != FAILED]
-
-    def _state_of(self, row: InstanceRow) -> str | None:
-        """The row's delivery state now (None: no longer in the spool's index)."""
-        current = self.spool.get(row.sop_instance_uid)
-        return current.state if current is not None else None
-
-    def _pacs_unreachable(self, rows: list[InstanceRow]) -> None:
+    def _pacs_unreachable(self, rows: list[InstanceRow], reason: str) -> None:
         """Defer every row with backoff; warn once per outage, not once per retry."""
-        self._defer_all(rows, "association failed: PACS unreachable or refused")
+        self._defer_all(rows, reason)
         if self.stats.pacs_reachable is not False:
-            log.warning("PACS %s unreachable or refusing associations: %d instance(s) "
-                        "wait, retrying with backoff", self._peer(), len(rows))
+            log.warning("PACS %s unreachable or refusing: %s; %d instance(s) wait, retrying "
+                        "with backoff", self.transport.peer(), reason, len(rows))
         self.stats.pacs_reachable = False
 
-    def _store_rows(self, assoc: Association, rows: list[InstanceRow],
-                    files: dict[str, StoredFile]) -> list[InstanceRow]:
-        """C-STORE each readable row; a lost association defers the rest. The stored rows."""
-        stored: list[InstanceRow] = []
-        for row in rows:
-            file = files.get(row.sop_instance_uid)
-            if file is None:
-                continue
-            outcome = self._store(assoc, row, file)
-            if outcome == "stored":
-                stored.append(row)
-            elif outcome == "lost":
-                self._defer_all([r for r in rows if r not in stored and
-                                 self._state_of(r) != STORED],
-                                "association lost during C-STORE")
-                break
-        if stored:
-            log.info("stored %d instance(s) in PACS %s (%d so far)", len(stored),
-                     self._peer(), self.stats.stored)
-        return stored
+    def _next_attempt(self, row: InstanceRow) -> float:
+        delay = min(self.config.max_backoff_s,
+                    self.config.initial_backoff_s * 2 ** min(row.attempts, 30))
+        return time.time() + delay
 
-    def _peer(self) -> str:
+    def _defer(self, row: InstanceRow, reason: str) -> None:
+        self.spool.defer(row.sop_instance_uid, reason, self._next_attempt(row))
+        self.stats.retries += 1
+        self.stats.last_error = reason
+
+    def _defer_all(self, rows: list[InstanceRow], reason: str) -> None:
+        for row in rows:
+            self._defer(row, reason)
+        self.stats.last_error = reason
+
+
+class _Round:
+    """One round's instances and what became of them: the one place where a transport's
+    report moves an instance's state and the counters (:class:`DeliverySink`)."""
+
+    def __init__(self, sender: StorageSender, rows: list[InstanceRow]) -> None:
+        self.sender = sender
+        self.rows = rows
+        self.answered: set[str] = set()
+        self.stored_now = 0
+
+    def reached(self) -> None:
+        stats = self.sender.stats
+        if stats.pacs_reachable is not True:
+            log.info("PACS %s reached", self.sender.transport.peer())
+        stats.pacs_reachable = True
+
+    def stored(self, row: InstanceRow, note: str = "") -> None:
+        sender = self.sender
+        sender.spool.mark_stored(row.sop_instance_uid)
+        sender.stats.stored += 1
+        sender.stats.bytes_sent += row.size
+        self.stored_now += 1
+        self.answered.add(row.sop_instance_uid)
+        if note:
+            log.info("instance %s stored with %s", row.sop_instance_uid, note)
+
+    def retry(self, row: InstanceRow, message: str) -> None:
+        self.sender._defer(row, message)
+        self.answered.add(row.sop_instance_uid)
+
+    def failed(self, row: InstanceRow, message: str) -> None:
+        sender = self.sender
+        sender.spool.mark_failed(row.sop_instance_uid, message)
+        sender.stats.failed += 1
+        sender.stats.last_error = message
+        self.answered.add(row.sop_instance_uid)
+        log.error("instance %s refused by the PACS: %s", row.sop_instance_uid, message)
+
+    def unanswered(self) -> list[InstanceRow]:
+        return [r for r in self.rows if r.sop_instance_uid not in self.answered]
+
+    def finish(self) -> None:
+        """Rows the transport said nothing about wait for the next attempt."""
+        for row in self.unanswered():
+            self.retry(row, "not sent: the destination gave no answer for it")
+        if self.stored_now:
+            log.info("stored %d instance(s) in PACS %s (%d so far)", self.stored_now,
+                     self.sender.transport.peer(), self.sender.stats.stored)
+
+
+class DimseTransport:
+    """C-STORE over one association per round, with Storage Commitment (PS3.4 B, J)."""
+
+    def __init__(self, config: PacsConfig, spool: Spool, stats: SenderStats,
+                 on_change: Callable[[], None], stop: threading.Event,
+                 wake: threading.Event) -> None:
+        self.config = config
+        # Send each file as stored, in PDU-sized chunks, instead of decoding it whole into
+        # memory (pynetdicom >= 2.0). Process-wide in pynetdicom: the recorder process is the
+        # only one that sends C-STOREs, and it always proposes each file's own syntax.
+        send_stored_files_chunked()
+        self._ae = client_ae(config.calling_ae_title, config.timeout_s)
+        self.commitment = _Commitment(config, spool, stats, on_change, stop, wake)
+
+    def peer(self) -> str:
+        """``AE@host:port``."""
         return peer_name(self.config.ae_title, self.config.host, self.config.port)
+
+    def poll(self) -> bool:
+        """Apply the commitment reports received since the last round."""
+        return self.commitment.apply_reports()
+
+    def waiting(self) -> list[InstanceRow]:
+        """Stored instances whose commitment is to be requested (none awaiting a report)."""
+        return self.commitment.waiting() if self.config.commitment else []
+
+    def close(self) -> None:
+        """Stop the Storage Commitment listener."""
+        self.commitment.close()
+
+    def deliver(self, rows: list[InstanceRow], files: dict[str, StoredFile],
+                waiting: list[InstanceRow], sink: DeliverySink) -> None:
+        """C-STORE each row over one association, then request commitment of what is
+        stored; PacsUnreachable without an association."""
+        if not rows and not waiting:
+            return
+        assoc = self._associate(files.values())
+        if assoc is None:
+            raise PacsUnreachable("association failed: PACS unreachable or refused")
+        if not assoc.is_established:
+            if assoc.rejected_contexts:
+                # The PACS answered but accepted none of the proposed contexts: the classes
+                # it refused fail for good (PS3.8 9.3.3.2), the rest wait.
+                refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
+                for row in rows:
+                    file = files[row.sop_instance_uid]
+                    if file.sop_class_uid in refused:
+                        sink.failed(row, _refused(file))
+            raise PacsUnreachable("association failed: PACS unreachable or refused")
+        sink.reached()
+        try:
+            stored = self._store_rows(assoc, rows, files, sink)
+            if self.config.commitment and assoc.is_established:
+                self.commitment.request(assoc, stored + waiting)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _store_rows(self, assoc: Association, rows: list[InstanceRow],
+                    files: dict[str, StoredFile], sink: DeliverySink) -> list[InstanceRow]:
+        """C-STORE each row; a lost association defers the rest. The stored rows."""
+        accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0]))
+                    for c in assoc.accepted_contexts}
+        stored: list[InstanceRow] = []
+        for i, row in enumerate(rows):
+            file = files[row.sop_instance_uid]
+            if (file.sop_class_uid, file.transfer_syntax_uid) not in accepted:
+                sink.failed(row, _refused(file))
+                continue
+            try:
+                status = assoc.send_c_store(file.path)
+            except (OSError, RuntimeError, ValueError) as exc:
+                sink.retry(row, f"C-STORE error: {exc}")
+                continue
+            if not status or "Status" not in status:
+                for rest in rows[i:]:
+                    sink.retry(rest, "association lost during C-STORE")
+                break
+            code = int(status.Status)
+            fate = classify_status(code)
+            if fate == STORED_FATE:
+                sink.stored(row)
+                stored.append(row)
+            elif fate == RETRY:
+                sink.retry(row, f"C-STORE status 0x{code:04X}")
+            else:
+                sink.failed(row, f"C-STORE status 0x{code:04X}")
+        return stored
 
     def _associate(self, files: Iterable[StoredFile]) -> Association | None:
         ae = self._ae
@@ -298,7 +439,7 @@ class StorageSender:
         pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
         for sop_class, syntax in pairs[:127]:
             ae.add_requested_context(sop_class, syntax)
-        if self.config.storage_commitment:
+        if self.config.commitment:
             ae.add_requested_context(StorageCommitmentPushModel)
         if not ae.requested_contexts:
             return None
@@ -306,67 +447,58 @@ class StorageSender:
             return ae.associate(self.config.host, self.config.port,
                                 ae_title=self.config.ae_title,
                                 evt_handlers=[(evt.EVT_N_EVENT_REPORT,
-                                               self._on_event_report)])
-        except (OSError, RuntimeError) as exc:
-            self.stats.last_error = str(exc)
+                                               self.commitment.on_event_report)])
+        except (OSError, RuntimeError):
             return None
 
-    def _store(self, assoc: Association, row: InstanceRow, file: StoredFile) -> str:
-        accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0]))
-                    for c in assoc.accepted_contexts}
-        if (file.sop_class_uid, file.transfer_syntax_uid) not in accepted:
-            self._refuse(row, file)
-            return "failed"
-        try:
-            status = assoc.send_c_store(file.path)
-        except (OSError, RuntimeError, ValueError) as exc:
-            self.spool.defer(row.sop_instance_uid, f"C-STORE error: {exc}",
-                             self._next_attempt(row))
-            self.stats.retries += 1
-            return "retry"
-        if not status or "Status" not in status:
-            return "lost"
-        code = int(status.Status)
-        if code == 0 or code in _WARNINGS:
-            self.spool.mark_stored(row.sop_instance_uid)
-            self.stats.stored += 1
-            self.stats.bytes_sent += row.size
-            return "stored"
-        message = f"C-STORE status 0x{code:04X}"
-        if 0xA700 <= code <= 0xA7FF:
-            self.spool.defer(row.sop_instance_uid, message, self._next_attempt(row))
-            self.stats.retries += 1
-            return "retry"
-        self.spool.mark_failed(row.sop_instance_uid, message)
-        self.stats.failed += 1
-        self.stats.last_error = message
-        log.error("instance %s refused by the PACS: %s", row.sop_instance_uid, message)
-        return "failed"
 
-    def _refuse(self, row: InstanceRow, file: StoredFile) -> None:
-        # The PACS refused this SOP Class / Transfer Syntax at negotiation: resending
-        # cannot help (PS3.4 B.2.2: the SCP does not support it).
-        message = (f"PACS does not accept SOP Class {file.sop_class_uid} in "
-                   f"{file.transfer_syntax_uid}")
-        self.spool.mark_failed(row.sop_instance_uid, message)
-        self.stats.failed += 1
-        self.stats.last_error = message
-        log.error("instance %s refused by the PACS: %s", row.sop_instance_uid, message)
+def _refused(file: StoredFile) -> str:
+    # The PACS refused this SOP Class / Transfer Syntax at negotiation: resending cannot
+    # help (PS3.4 B.2.2: the SCP does not support it).
+    return (f"PACS does not accept SOP Class {file.sop_class_uid} in "
+            f"{file.transfer_syntax_uid}")
 
-    def _next_attempt(self, row: InstanceRow) -> float:
-        delay = min(self.config.max_backoff_s,
-                    self.config.initial_backoff_s * 2 ** min(row.attempts, 30))
-        return time.time() + delay
 
-    def _defer_all(self, rows: list[InstanceRow], reason: str) -> None:
-        for row in rows:
-            self.spool.defer(row.sop_instance_uid, reason, self._next_attempt(row))
-            self.stats.retries += 1
-        self.stats.last_error = reason
+class _Commitment:
+    """Storage Commitment Push Model bookkeeping (PS3.4 J): requests awaiting a report,
+    reports received (on the association or on our listener), applied in the sender's
+    thread."""
 
-    # -- storage commitment ------------------------------------------------------------
+    def __init__(self, config: PacsConfig, spool: Spool, stats: SenderStats,
+                 on_change: Callable[[], None], stop: threading.Event,
+                 wake: threading.Event) -> None:
+        self.config = config
+        self.spool = spool
+        self.stats = stats
+        self._on_change = on_change
+        self._stop = stop
+        self._wake = wake
+        self._reports: dict[str, Dataset] = {}
+        self.pending: dict[str, tuple[float, set[str]]] = {}
+        self._report_cv = threading.Condition()
+        self._server = None
+        if config.enabled and config.commitment and config.commitment_port:
+            listener = AE(ae_title=config.calling_ae_title)
+            listener.add_supported_context(StorageCommitmentPushModel, scu_role=True,
+                                           scp_role=True)
+            try:
+                self._server = listener.start_server(
+                    ("0.0.0.0", config.commitment_port), block=False,
+                    evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.on_event_report)])
+            except OSError as exc:  # in use, or not ours to bind: a configuration error
+                raise DicomOrError("commitment_port", f"cannot listen: {exc.strerror}",
+                                   config.commitment_port) from None
 
-    def _request_commitment(self, assoc: Association, rows: list[InstanceRow]) -> None:
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def waiting(self) -> list[InstanceRow]:
+        return [r for r in self.spool.rows(STORED) if not self._pending_for(
+            r.sop_instance_uid)]
+
+    def request(self, assoc: Association, rows: list[InstanceRow]) -> None:
         if not rows:
             return
         request = Dataset()
@@ -381,7 +513,7 @@ class StorageSender:
         request.ReferencedSOPSequence = refs
         # Pending from now: whatever happens, these are asked again only after
         # commitment_timeout_s (a PACS refusing commitment is not hammered).
-        self._pending[transaction] = (time.monotonic(), {r.sop_instance_uid for r in rows})
+        self.pending[transaction] = (time.monotonic(), {r.sop_instance_uid for r in rows})
         try:
             status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
                                             STORAGE_COMMITMENT_INSTANCE)
@@ -404,26 +536,26 @@ class StorageSender:
                 if remaining <= 0:
                     break
                 self._report_cv.wait(min(remaining, 0.1))
-        self._apply_reports()
+        self.apply_reports()
 
     def _pending_for(self, sop_uid: str) -> bool:
         """Whether a commitment request for this instance is still awaiting its report
         (requests older than ``commitment_timeout_s`` are forgotten and repeated)."""
         now = time.monotonic()
-        for transaction, (sent, uids) in list(self._pending.items()):
+        for transaction, (sent, uids) in list(self.pending.items()):
             if now - sent > self.config.commitment_timeout_s:
-                del self._pending[transaction]
+                del self.pending[transaction]
                 self.stats.last_error = "Storage Commitment report timed out; asking again"
             elif sop_uid in uids:
                 return True
         return False
 
-    def _apply_reports(self) -> bool:
+    def apply_reports(self) -> bool:
         """Apply every N-EVENT-REPORT received so far; True if any."""
         with self._report_cv:
             reports, self._reports = self._reports, {}
         for transaction, report in reports.items():
-            self._pending.pop(transaction, None)
+            self.pending.pop(transaction, None)
             committed = report.get("ReferencedSOPSequence", [])
             for item in committed:
                 self.spool.mark_committed(item.ReferencedSOPInstanceUID)
@@ -441,7 +573,7 @@ class StorageSender:
             self._on_change()
         return bool(reports)
 
-    def _on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+    def on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         # Runs in pynetdicom's thread; the report is applied by the sender's thread.
         ds = event.event_information
         transaction = str(ds.get("TransactionUID", ""))
@@ -450,4 +582,3 @@ class StorageSender:
             self._report_cv.notify_all()
         self._wake.set()
         return 0x0000, None
-
