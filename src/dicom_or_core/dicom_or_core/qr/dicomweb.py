@@ -70,6 +70,9 @@ _CONTROL_PARAMETERS = {"includefield", "limit", "offset", "fuzzymatching"}
 # Binary VRs: bulk data, never in a metadata answer (PS3.18 F.2.7, 8.6.1).
 _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_INLINE_MAX = 1024           # smaller binary values stay inline (InlineBinary)
+# Bulk data whatever its size (PS3.18 10.4.1.1.3): Float / Double Float / Pixel Data,
+# Waveform Data.
+_ALWAYS_BULK = {Tag(0x7FE00008), Tag(0x7FE00009), Tag(0x7FE00010), Tag(0x54001010)}
 _NOT_KEYS = {Tag("QueryRetrieveLevel"), Tag("SpecificCharacterSet")}   # set by the server
 _TAG_ID = re.compile(r"^[0-9A-Fa-f]{8}$")
 
@@ -284,8 +287,8 @@ def _no_bulk(elem: DataElement) -> str:  # pragma: no cover - bulk is stripped b
 
 
 def strip_bulk(ds: Dataset) -> Dataset:
-    """Remove binary values longer than :data:`BULK_INLINE_MAX` (Pixel Data, Waveform
-    Data, ...) at every nesting depth without reading them when they were deferred
+    """Remove the pixel and waveform data, and binary values longer than
+    :data:`BULK_INLINE_MAX`, at every nesting depth without reading them when they were deferred
     (PS3.18 10.4.1.1.3: metadata without bulk data; F.2.7 allows leaving them out)."""
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
@@ -293,6 +296,8 @@ def strip_bulk(ds: Dataset) -> Dataset:
         if vr == "SQ":
             for item in ds[tag].value or []:
                 strip_bulk(item)
+        elif tag in _ALWAYS_BULK:
+            del ds[tag]
         elif vr in _BULK_VRS:
             length = raw.length if isinstance(raw, RawDataElement) else len(raw.value or b"")
             if length > BULK_INLINE_MAX:
