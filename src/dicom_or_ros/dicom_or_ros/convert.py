@@ -21,6 +21,7 @@ _MSG_OF = {
     ctx.Study: m.Study,
     ctx.Equipment: m.Equipment,
     ctx.SessionContext: m.SessionContext,
+    ctx.RequestAttributes: m.RequestAttributes,
     ctx.WaveformChannel: m.WaveformChannel,
     ctx.StreamDescriptor: m.StreamDescriptor,
 }

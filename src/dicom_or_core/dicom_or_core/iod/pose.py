@@ -292,7 +292,9 @@ def _sr_document_modules(ds: Dataset) -> None:
     drop_frame_of_reference(ds)
     # PS3.3 C.17.1 SR Document Series Module (Modality SR) and C.17.2 SR Document General.
     ds.Modality = "SR"
-    ds.ReferencedPerformedProcedureStepSequence = []
+    # Type 2: the MPPS of a worklist case (apply_workflow_context) or empty.
+    if "ReferencedPerformedProcedureStepSequence" not in ds:
+        ds.ReferencedPerformedProcedureStepSequence = []
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "UNVERIFIED"
     ds.PerformedProcedureCodeSequence = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
@@ -26,6 +27,8 @@ KIND_POSE = StreamKind.POSE
 KIND_WAVEFORM = StreamKind.WAVEFORM
 KIND_NAMES = {kind: kind.label for kind in StreamKind}
 SEXES = ("", "M", "F", "O")
+# Every SR Storage SOP Class (PS3.4 B.5, Structured Reporting) has a UID under this root.
+SR_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 @dataclass
@@ -99,17 +102,64 @@ class Equipment:
 
 
 @dataclass
+class RequestAttributes:
+    """One Requested Procedure / Scheduled Procedure Step of the worklist that the case
+    performs: an item of the Request Attributes Sequence (0040,0275) (PS3.3 Table 10-9
+    Request Attributes Macro) and of the MPPS Scheduled Step Attributes Sequence (0040,0270)
+    (PS3.4 Table F.7.2-1). Codes are one Code Sequence Macro item each (empty: none)."""
+
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    requested_procedure_code_value: str = ""
+    requested_procedure_code_scheme: str = ""
+    requested_procedure_code_meaning: str = ""
+    scheduled_procedure_step_id: str = ""
+    scheduled_procedure_step_description: str = ""
+    scheduled_protocol_code_value: str = ""
+    scheduled_protocol_code_scheme: str = ""
+    scheduled_protocol_code_meaning: str = ""
+
+    def validate(self, prefix: str = "request") -> RequestAttributes:
+        """Self, or DicomOrError naming ``prefix.<field>`` whose VR fails (the Study
+        Instance UID of the request is required)."""
+        vr.require(f"{prefix}.study_instance_uid", self.study_instance_uid)
+        vr.check_ui(f"{prefix}.study_instance_uid", self.study_instance_uid)
+        for name in ("accession_number", "requested_procedure_id",
+                     "requested_procedure_code_value", "requested_procedure_code_scheme",
+                     "scheduled_procedure_step_id", "scheduled_protocol_code_value",
+                     "scheduled_protocol_code_scheme"):
+            vr.check_sh(f"{prefix}.{name}", getattr(self, name))
+        for name in ("requested_procedure_description", "requested_procedure_code_meaning",
+                     "scheduled_procedure_step_description",
+                     "scheduled_protocol_code_meaning"):
+            vr.check_lo(f"{prefix}.{name}", getattr(self, name))
+        return self
+
+
+@dataclass
 class SessionContext:
-    """The running OR case: patient, study and the session's synchronization frame."""
+    """The running OR case: patient, study and the session's synchronization frame.
+
+    A case taken from a Modality Worklist lists the worklist's ``requests``; the
+    ``performed_procedure_step_*`` fields name the Modality Performed Procedure Step (PS3.4
+    F.7) the recorder opened for it (empty: none), so every instance references it."""
 
     patient: Patient = field(default_factory=Patient)
     study: Study = field(default_factory=Study)
     synchronization_frame_of_reference_uid: str = ""
     scheduled_procedure_step_id: str = ""
     operating_room: str = ""
+    requests: list[RequestAttributes] = field(default_factory=list)
+    performed_procedure_step_sop_instance_uid: str = ""
+    performed_procedure_step_id: str = ""
+    performed_procedure_step_start_date: str = ""
+    performed_procedure_step_start_time: str = ""
+    performed_procedure_step_description: str = ""
 
     def validate(self, prefix: str = "session") -> SessionContext:
-        """Self, or DicomOrError naming the first invalid patient/study attribute."""
+        """Self, or DicomOrError naming the first invalid patient/study/workflow attribute."""
         self.patient.validate(f"{prefix}.patient")
         self.study.validate(f"{prefix}.study")
         name = f"{prefix}.synchronization_frame_of_reference_uid"
@@ -117,6 +167,17 @@ class SessionContext:
         vr.check_ui(name, self.synchronization_frame_of_reference_uid)
         vr.check_sh(f"{prefix}.scheduled_procedure_step_id", self.scheduled_procedure_step_id)
         vr.check_sh(f"{prefix}.operating_room", self.operating_room)
+        for index, request in enumerate(self.requests):
+            request.validate(f"{prefix}.requests[{index}]")
+        vr.check_ui(f"{prefix}.performed_procedure_step_sop_instance_uid",
+                    self.performed_procedure_step_sop_instance_uid)
+        vr.check_sh(f"{prefix}.performed_procedure_step_id", self.performed_procedure_step_id)
+        vr.check_da(f"{prefix}.performed_procedure_step_start_date",
+                    self.performed_procedure_step_start_date)
+        vr.check_tm(f"{prefix}.performed_procedure_step_start_time",
+                    self.performed_procedure_step_start_time)
+        vr.check_lo(f"{prefix}.performed_procedure_step_description",
+                    self.performed_procedure_step_description)
         return self
 
 
@@ -264,6 +325,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 NESTED_FIELDS: dict[tuple[type, str], type] = {
     (SessionContext, "patient"): Patient,
     (SessionContext, "study"): Study,
+    (SessionContext, "requests"): RequestAttributes,
     (StreamDescriptor, "session"): SessionContext,
     (StreamDescriptor, "equipment"): Equipment,
     (StreamDescriptor, "channels"): WaveformChannel,
@@ -348,12 +410,93 @@ def apply_general_equipment_module(ds: Dataset, equipment: Equipment) -> Dataset
     return ds
 
 
+def _code(value: str, scheme: str, meaning: str) -> list[Dataset]:
+    """A Code Sequence of one Code Sequence Macro item (PS3.3 Table 8.8-1), or none."""
+    if not (value and scheme):
+        return []
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return [item]
+
+
+def request_item(request: RequestAttributes, *, sr: bool = False) -> Dataset:
+    """One Request Attributes Sequence item (PS3.3 Table 10-9), or with ``sr`` one
+    Referenced Request Sequence (0040,A370) item of the SR Document General Module (PS3.3
+    C.17.2, whose type 2 attributes are written even when empty)."""
+    item = Dataset()
+    item.StudyInstanceUID = request.study_instance_uid
+    if sr:
+        item.ReferencedStudySequence = []
+        item.PlacerOrderNumberImagingServiceRequest = ""
+        item.FillerOrderNumberImagingServiceRequest = ""
+    item.AccessionNumber = request.accession_number
+    item.RequestedProcedureID = request.requested_procedure_id
+    item.RequestedProcedureDescription = request.requested_procedure_description
+    item.RequestedProcedureCodeSequence = _code(request.requested_procedure_code_value,
+                                                request.requested_procedure_code_scheme,
+                                                request.requested_procedure_code_meaning)
+    if sr:
+        return item
+    if not item.RequestedProcedureCodeSequence:
+        del item.RequestedProcedureCodeSequence
+    # Scheduled Procedure Step ID is 1C: present because the procedure was scheduled.
+    item.ScheduledProcedureStepID = request.scheduled_procedure_step_id
+    if request.scheduled_procedure_step_description:
+        item.ScheduledProcedureStepDescription = request.scheduled_procedure_step_description
+    protocol = _code(request.scheduled_protocol_code_value,
+                     request.scheduled_protocol_code_scheme,
+                     request.scheduled_protocol_code_meaning)
+    if protocol:
+        item.ScheduledProtocolCodeSequence = protocol
+    return item
+
+
+def apply_workflow_context(ds: Dataset, session: SessionContext) -> Dataset:
+    """What lets a RIS reconcile an instance with its order (IHE RAD TF-2 RAD-8, PS3.17
+    "Modality Worklist to images"): the worklist's Requested Procedures and Scheduled Steps,
+    and the Modality Performed Procedure Step that acquired it.
+
+    Image and waveform IODs (General Series Module, PS3.3 C.7.3.1): Request Attributes
+    Sequence (0040,0275), Referenced Performed Procedure Step Sequence (0008,1111) and the
+    Performed Procedure Step ID / Start Date / Start Time / Description (0040,0253 /
+    0040,0244 / 0040,0245 / 0040,0254). SR IODs (SOP Class 1.2.840.10008.5.1.4.1.1.88.x)
+    have no General Series Module: the requests go into the SR Document General Module's
+    Referenced Request Sequence (0040,A370) and the MPPS into the SR Document Series
+    Module's Referenced Performed Procedure Step Sequence (type 2, PS3.3 C.17.1). Nothing
+    is written for a case that came from no worklist and opened no MPPS."""
+    sr = str(ds.get("SOPClassUID", "")).startswith(SR_STORAGE_PREFIX)
+    if session.requests:
+        items = [request_item(r, sr=sr) for r in session.requests]
+        if sr:
+            ds.ReferencedRequestSequence = items
+        else:
+            ds.RequestAttributesSequence = items
+    if session.performed_procedure_step_sop_instance_uid:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = ModalityPerformedProcedureStep
+        ref.ReferencedSOPInstanceUID = session.performed_procedure_step_sop_instance_uid
+        ds.ReferencedPerformedProcedureStepSequence = [ref]
+    if sr:
+        return ds
+    for keyword, value in (
+            ("PerformedProcedureStepID", session.performed_procedure_step_id),
+            ("PerformedProcedureStepStartDate", session.performed_procedure_step_start_date),
+            ("PerformedProcedureStepStartTime", session.performed_procedure_step_start_time),
+            ("PerformedProcedureStepDescription",
+             session.performed_procedure_step_description)):
+        if value:
+            setattr(ds, keyword, value)
+    return ds
+
+
 def apply_stream_context(ds: Dataset, stream: StreamDescriptor) -> Dataset:
-    """All context modules of a stream's instance: Patient, General Study, General Series,
-    Frame of Reference, Synchronization and General Equipment."""
+    """All context modules of a stream's instance: Patient, General Study, General Series
+    (with the workflow references of :func:`apply_workflow_context`), Frame of Reference,
+    Synchronization and General Equipment."""
     apply_patient_module(ds, stream.session.patient)
     apply_general_study_module(ds, stream.session.study)
     apply_general_series_module(ds, stream)
+    apply_workflow_context(ds, stream.session)
     apply_frame_of_reference_module(ds, stream)
     apply_synchronization_module(ds, stream.session)
     apply_general_equipment_module(ds, stream.equipment)

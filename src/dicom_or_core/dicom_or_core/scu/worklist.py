@@ -14,7 +14,11 @@ turns it into a :class:`~dicom_or_core.model.context.SessionContext`:
   Accession Number / Requested Procedure ID when the RIS sends none, so a restarted node
   keeps the same study), Accession Number, Requested Procedure ID -> Study ID (SH),
   Requested Procedure Description -> Study Description, Referring Physician's Name, and the
-  SPS ID.
+  SPS ID;
+* the item's Requested Procedure and Scheduled Procedure Step (IDs, descriptions, the first
+  Requested Procedure Code and Scheduled Protocol Code) as the session's ``requests``, which
+  the recorder writes as the Request Attributes Sequence of every instance and sends in its
+  MPPS (IHE RAD TF-2 RAD-6).
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def worklist_identifier(selection: WorklistSelection) -> Dataset:
                     "RequestedProcedureID", "RequestedProcedureDescription",
                     "ReferringPhysicianName"):
         setattr(ds, keyword, "")
+    # Sequence return keys: an empty sequence asks for the whole sequence (PS3.4 C.2.2.2.6).
+    ds.RequestedProcedureCodeSequence = []
     sps = Dataset()
     sps.ScheduledStationAETitle = selection.station_ae_title
     sps.ScheduledProcedureStepLocation = selection.location
@@ -75,6 +81,7 @@ def worklist_identifier(selection: WorklistSelection) -> Dataset:
     sps.ScheduledProcedureStepID = ""
     sps.ScheduledProcedureStepDescription = ""
     sps.ScheduledPerformingPhysicianName = ""
+    sps.ScheduledProtocolCodeSequence = []
     ds.ScheduledProcedureStepSequence = [sps]
     return ds
 
@@ -119,6 +126,34 @@ def next_item(items: list[Dataset], current_step_id: str | None) -> Dataset | No
     return ordered[index] if index < len(ordered) else None
 
 
+def _first_code(ds: Dataset, keyword: str) -> tuple[str, str, str]:
+    """(value, scheme, meaning) of the first item of a Code Sequence ("" when none)."""
+    seq = ds.get(keyword)
+    if not seq:
+        return "", "", ""
+    return (_text(seq[0], "CodeValue"), _text(seq[0], "CodingSchemeDesignator"),
+            _text(seq[0], "CodeMeaning"))
+
+
+def request_from_item(item: Dataset, study_uid: str) -> ctx.RequestAttributes:
+    """The Request Attributes of one worklist item (its Requested Procedure and its
+    Scheduled Procedure Step); ``study_uid`` is the study the case is recorded in."""
+    sps = _sps(item)
+    requested = _first_code(item, "RequestedProcedureCodeSequence")
+    protocol = _first_code(sps, "ScheduledProtocolCodeSequence")
+    return ctx.RequestAttributes(
+        study_instance_uid=study_uid, accession_number=_text(item, "AccessionNumber"),
+        requested_procedure_id=_text(item, "RequestedProcedureID"),
+        requested_procedure_description=_text(item, "RequestedProcedureDescription"),
+        requested_procedure_code_value=requested[0],
+        requested_procedure_code_scheme=requested[1],
+        requested_procedure_code_meaning=requested[2],
+        scheduled_procedure_step_id=_text(sps, "ScheduledProcedureStepID"),
+        scheduled_procedure_step_description=_text(sps, "ScheduledProcedureStepDescription"),
+        scheduled_protocol_code_value=protocol[0], scheduled_protocol_code_scheme=protocol[1],
+        scheduled_protocol_code_meaning=protocol[2])
+
+
 def session_from_item(item: Dataset, *, operating_room: str = "",
                       now: _dt.datetime | None = None,
                       synchronization_uid: str | None = None) -> ctx.SessionContext:
@@ -151,6 +186,7 @@ def session_from_item(item: Dataset, *, operating_room: str = "",
         synchronization_frame_of_reference_uid=synchronization_uid or new_uid(),
         scheduled_procedure_step_id=_text(sps, "ScheduledProcedureStepID"),
         operating_room=operating_room or _text(sps, "ScheduledProcedureStepLocation"),
+        requests=[request_from_item(item, study_uid)],
     )
     return session.validate("worklist_item")
 
