@@ -8,6 +8,10 @@ follows ``/or/device_status``, and hands the set of live streams to the ROS-free
 snapshot in its own threads. A stream is listed once its sample topic has a publisher *and*
 its descriptor arrived; it goes when the publisher goes (next discovery tick). STALE and
 SOURCE_LOST streams stay listed, marked (see :mod:`dicom_or_core.qr.model`).
+
+Beside the SCP, the DICOMweb service (:class:`~dicom_or_bridge.dicomweb_server.DicomWebServer`,
+QIDO-RS / WADO-RS, PS3.18) answers from the same store on ``dicomweb_port`` with the same
+host and TLS; its base URL is logged and published latched on ``~/dicomweb_url``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import pydicom.config
 from pydicom.dataset import Dataset
 from rclpy.node import Node
 from rclpy.subscription import Subscription
-from std_msgs.msg import UInt16
+from std_msgs.msg import String, UInt16
 
-from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination
+from dicom_or_bridge.dicomweb_server import DicomWebConfig, DicomWebServer
+from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination, tls_context
 from dicom_or_bridge.snapshot import snapshot_dataset
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
@@ -89,10 +94,36 @@ class DicomBridgeNode(Node):
         self._port_pub = self.create_publisher(UInt16, "~/port", named_qos("descriptor"),
                                                qos_overriding_options=overridable())
         self._port_pub.publish(UInt16(data=port))
+        self.dicomweb = self._start_dicomweb(config)
         self.create_timer(self._discovery_period, self._discover)
         self._problems = LastProblem("dicom_or_bridge")
         diagnostics_for(self).add(NODE_ENTRY, self._health,
                                   hardware_id=f"{config.ae_title}@{config.host}:{port}")
+
+    def _start_dicomweb(self, config: ScpConfig) -> DicomWebServer | None:
+        """Start the DICOMweb service on ``dicomweb_port`` (-1: none) with the SCP's host,
+        TLS and match limit; log its base URL and publish it latched on ~/dicomweb_url."""
+        p = self.params
+        if p.dicomweb_port < 0:
+            self.get_logger().info("DICOMweb service disabled (dicomweb_port -1)")
+            return None
+        web = DicomWebServer(self.store, DicomWebConfig(
+            host=config.host, port=p.dicomweb_port, prefix=p.dicomweb_prefix.rstrip("/"),
+            token=p.dicomweb_token, max_concurrent_requests=p.dicomweb_max_concurrent_requests,
+            max_matches=config.max_matches, tls=tls_context(config)),
+            render=self._snapshot if self._snapshot_timeout > 0 else None)
+        try:
+            web.start()
+        except OSError as exc:
+            self.scp.stop()
+            raise DicomOrError("dicomweb_port", f"cannot listen on {config.host}:"
+                               f"{p.dicomweb_port}: {exc.strerror or exc}") from None
+        self.get_logger().info(f"DICOMweb (QIDO-RS, WADO-RS) at {web.base_url}"
+                               f"{' (bearer token required)' if p.dicomweb_token else ''}")
+        publisher = self.create_publisher(String, "~/dicomweb_url", named_qos("descriptor"),
+                                          qos_overriding_options=overridable())
+        publisher.publish(String(data=web.base_url))
+        return web
 
     # --- graph ---------------------------------------------------------------------
 
@@ -176,6 +207,9 @@ class DicomBridgeNode(Node):
                                                           if s.state == state)
         values["archive_instances"] = len(archive.indexed()) if archive is not None else 0
         values.update(self.scp.connection_counts())
+        if self.dicomweb is not None:
+            values["dicomweb_url"] = self.dicomweb.base_url
+            values.update(self.dicomweb.counts)
         values["problems"] = self._problems.count
         values["last_error"] = self._problems.text
         age = self._problems.age_s()
@@ -187,9 +221,12 @@ class DicomBridgeNode(Node):
         return Health(level, message, values)
 
     def close(self) -> None:
-        """Stop the SCP first (aborting its associations), then the store and its archive index."""
+        """Stop the SCP and the DICOMweb service first (aborting their connections), then the
+        store and its archive index."""
         self._problems.close()
         self.scp.stop()
+        if self.dicomweb is not None:
+            self.dicomweb.stop()
         self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
 
 

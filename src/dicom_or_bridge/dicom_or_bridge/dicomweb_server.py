@@ -30,6 +30,7 @@ import hmac
 import io
 import json
 import logging
+import re
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,14 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RenderProvider = Callable[[str], "Dataset | None"]
 _UID = r"{%s:[0-9.]{1,64}}"
+
+
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*/?$")
+
+
+def url_prefix(value: str) -> str | None:
+    """Parameter rule of ``dicomweb_prefix``: empty or ``/segment[/segment...]``."""
+    return None if _PREFIX.match(value) else "must be empty or /path (letters, digits, . _ ~ -)"
 
 
 @dataclass

@@ -5,8 +5,8 @@
    ``config/session_context.yaml``.
 2. ``launch/or_demo.launch.yaml`` through :mod:`dicom_or_bringup.graph` (the file
    ``ros2 launch dicom_or_bringup or_demo.launch.yaml`` runs): endoscope, tracker, patient
-   monitor, session context, DICOM bridge on 127.0.0.1:11112 (AE ``DICOM_OR``), recorder
-   writing to ``./recordings``.
+   monitor, session context, DICOM bridge on 127.0.0.1:11112 (AE ``DICOM_OR``; DICOMweb at
+   http://127.0.0.1:8080/dicom-web), recorder writing to ``./recordings``.
 3. A live status table until Ctrl-C or ``--duration``.
 4. At the end: the bridge's C-FIND answer for the session (the streams as DICOM sees them),
    then, after an orderly stop, every recorded object with its dciodvfy verdict.
@@ -81,6 +81,14 @@ def status_thread(env: dict[str, str], stop: threading.Event) -> threading.Threa
     return thread
 
 
+def dicomweb_url(given: dict[str, str]) -> str:
+    """The bridge's DICOMweb base URL (plain HTTP, the shipped prefix), or "off"."""
+    port = int(given["dicomweb_port"])
+    if port < 0:
+        return "off"
+    return f"http://{given['bridge_host']}:{port or '<any free port>'}/dicom-web"
+
+
 def show_session(host: str, port: int, ae: str) -> bool:
     """Print the bridge's SERIES-level C-FIND answer (dicom_or_find)."""
     print(f"\n== The session as DICOM sees it: C-FIND SERIES at {ae}@{host}:{port} ==")
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(options.output).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="dicom_or_demo_"))
     given = {"output_dir": str(output), "bridge_host": "127.0.0.1", "bridge_port": "11112",
-             "bridge_ae": "DICOM_OR"}
+             "bridge_ae": "DICOM_OR", "dicomweb_port": "8080"}
     worklist = start_worklist(workdir)
     if worklist is not None:
         given.update(context_source="worklist", worklist_host="127.0.0.1",
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             worklist[0].terminate()
         return 1
     print(f"demo: {len(specs)} nodes started, logs in {workdir / 'logs'}; bridge "
-          f"{given['bridge_ae']}@{given['bridge_host']}:{given['bridge_port']}; Ctrl-C to stop")
+          f"{given['bridge_ae']}@{given['bridge_host']}:{given['bridge_port']}, DICOMweb "
+          f"{dicomweb_url(given)}; Ctrl-C to stop")
     stop = threading.Event()
     status_thread(dict(os.environ), stop)
     reason = wait(group, options.duration, signals)

@@ -102,7 +102,8 @@ def test_parameters_get_the_types_ros2_launch_gives_them():
         "bridge_port": "4242", "bridge_ae": "1234", "video_fps": "25",
         "monitor_groups": "[ecg12]", "pacs_port": "104"})}
     assert nodes["dicom_bridge"].overrides == {
-        "host": "127.0.0.1", "port": 4242, "ae_title": "1234", "archive_dir": "recordings"}
+        "host": "127.0.0.1", "port": 4242, "ae_title": "1234", "dicomweb_port": 8080,
+        "archive_dir": "recordings"}
     assert nodes["endoscope"].overrides == {
         "source": "pattern", "width": 1920, "height": 1080, "fps": 25.0}
     assert isinstance(nodes["endoscope"].overrides["fps"], float)
