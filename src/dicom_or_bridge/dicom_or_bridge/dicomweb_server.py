@@ -26,6 +26,7 @@ bearer token compared in constant time; refusals are logged at a limited rate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import json
@@ -316,12 +317,28 @@ class DicomWebServer:
             "Content-Type": dw.multipart_content_type(boundary),
             "Content-Length": str(body.content_length)})
         await response.prepare(request)
-        chunks = body.chunks
+        chunks, lock = body.chunks, threading.Lock()
+
+        def step() -> bytes | None:
+            with lock:   # the generator runs in one pool thread at a time
+                return next(chunks, None)
+
+        def close() -> None:
+            with lock:
+                chunks.close()   # closes the file being sent
+
         try:
-            while (chunk := await self._run(next, chunks, None)) is not None:
+            while (chunk := await self._run(step)) is not None:
                 await response.write(chunk)
+        except ConnectionResetError:   # the client went away: nothing to answer
+            self.log.info("DICOMweb %s: client closed the connection", request.path)
+            return response
         finally:
-            chunks.close()  # the generator closes its open file
+            # Cancelled (client gone, service stopping) while a pool thread is still in
+            # step(): close after it, from the pool; the service's stop may have shut the
+            # pool down already, then the file closes with the generator's collection.
+            with contextlib.suppress(RuntimeError):
+                self._pool.submit(close)
         await response.write_eof()
         return response
 

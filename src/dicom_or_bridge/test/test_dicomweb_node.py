@@ -5,13 +5,15 @@ served as /rendered, and the base URL is published latched on ~/dicomweb_url."""
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 import requests
-from bridge_fixtures import STUDY, VIDEO_SERIES, video
-from dicom_or_test_common.ros import ros_context
+from bridge_fixtures import STUDY, VIDEO_SERIES, console_script, video
+from dicom_or_test_common.ros import isolated_env, reserved_domain_id, ros_context
 from PIL import Image
 from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import String
@@ -102,3 +104,23 @@ def test_node_serves_a_live_stream_over_dicomweb(graph):
     assert rendered.status_code == 200, rendered.text
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(rendered.content))), pixels)
     assert bridge._health().values["http_refused"] == 1
+
+
+def _run_bridge(*args: str) -> subprocess.CompletedProcess:
+    with reserved_domain_id() as domain:
+        return subprocess.run([console_script("dicom_bridge"), "--ros-args", "-p", "port:=0",
+                               *args], env=isolated_env(domain), capture_output=True,
+                              text=True, timeout=60)
+
+
+def test_bad_prefix_and_busy_port_exit_1_naming_the_parameter():
+    result = _run_bridge("-p", "dicomweb_prefix:=dicom web")
+    assert result.returncode == 1 and "dicomweb_prefix" in result.stderr
+    assert "Traceback" not in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = _run_bridge("-p", f"dicomweb_port:={busy.getsockname()[1]}")
+    assert result.returncode == 1, result.stderr
+    assert "dicomweb_port: cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -287,3 +288,34 @@ def test_qido_latency_beside_c_find(svc):
     print(f"QIDO-RS /series?Modality=ES {qido * 1000:.1f} ms, C-FIND on an open "
           f"association {c_find * 1000:.1f} ms")
     assert qido < 1.0
+
+
+def _start_retrieval(url: str) -> socket.socket:
+    """A raw WADO-RS retrieval of the whole study whose body is never read."""
+    host_port = url.split("//")[1].split("/")[0]
+    host, port = host_port.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    path = "/" + url.split("/", 3)[3]
+    sock.sendall(f"GET {path}/studies/{STUDY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def test_client_leaving_mid_retrieval_and_stop_mid_retrieval_end_cleanly(tmp_path, caplog):
+    """A large instance (16 MiB) is streamed: a client that leaves, or the service stopping,
+    with the body half sent logs no error and leaves the service answering / stopped."""
+    with caplog.at_level(logging.INFO), service(tmp_path) as svc:
+        big = dcmread(svc.files[1])
+        big.Rows = big.Columns = 4096
+        big.PixelData = bytes(4096 * 4096)
+        big.save_as(svc.files[1])
+        _start_retrieval(svc.url).close()
+        assert requests.get(f"{svc.url}/studies", timeout=10).status_code == 200
+        in_flight = _start_retrieval(svc.url)
+        start = time.monotonic()
+        svc.web.stop()
+        stopped_in = time.monotonic() - start
+        in_flight.close()
+    assert stopped_in < 5.0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("client closed the connection" in r.getMessage() for r in caplog.records)
