@@ -84,6 +84,25 @@ class DicomWebConfig:
     keepalive_timeout_s: float = 30.0
 
 
+class _ProtocolLog(logging.Logger):
+    """aiohttp's protocol logger: a malformed request (line too long, bad header, ...) is
+    bad network input, logged as one rate-limited warning line, never a traceback."""
+
+    def __init__(self, refusals: _RateLimitedLog) -> None:
+        super().__init__(f"{__name__}.http")
+        self._refusals = refusals
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        """Called by aiohttp with the request's parse error as ``exc_info``."""
+        error = exc_info if isinstance(exc_info, BaseException) else None
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:80]}" if error else ""
+        self._refusals.warning("malformed", f"DICOMweb: {msg} ({reason})", *args)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """aiohttp's debug lines (e.g. non-HTTP bytes on the port) are not wanted."""
+
+
 class _Http(Exception):
     """An HTTP error answer with a text body (the reason)."""
 
@@ -156,6 +175,7 @@ class DicomWebServer:
         self._runner = web.AppRunner(app, access_log=None, max_line_size=c.max_line_size,
                                      max_field_size=c.max_field_size,
                                      max_headers=c.max_headers, shutdown_timeout=1.0,
+                                     logger=_ProtocolLog(self._refusals),
                                      keepalive_timeout=c.keepalive_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.host, c.port, ssl_context=c.tls,

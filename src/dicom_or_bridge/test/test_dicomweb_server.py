@@ -249,9 +249,16 @@ def test_too_many_concurrent_requests_get_503(tmp_path):
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
 
 
-def test_long_request_lines_are_refused(svc):
-    answer = requests.get(f"{svc.url}/studies?PatientName={'x' * 20000}", timeout=10)
-    assert answer.status_code in (400, 414)
+def test_long_request_lines_and_headers_are_refused_without_a_traceback(svc, caplog):
+    with caplog.at_level(logging.DEBUG):
+        long_line = requests.get(f"{svc.url}/studies?PatientName={'x' * 20000}", timeout=10)
+        long_header = requests.get(f"{svc.url}/studies", headers={"X-A": "y" * 9000},
+                                   timeout=10)
+    assert long_line.status_code == long_header.status_code == 400
+    assert requests.get(f"{svc.url}/studies", timeout=10).status_code == 200
+    (line,) = [r for r in caplog.records if "LineTooLong" in r.getMessage()]  # rate limited
+    assert line.levelno == logging.WARNING and line.exc_info is None
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_tls(tmp_path):
