@@ -58,6 +58,7 @@ from rclpy.node import Node
 from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.scu.mpps import MppsPeer
 from dicom_or_core.scu.storage import PacsConfig, StorageSender
 from dicom_or_msgs.msg import (
     ImageFrame,
@@ -78,6 +79,7 @@ from dicom_or_recorder.segments import (
 )
 from dicom_or_recorder.status import status_message
 from dicom_or_recorder.video_queue import VideoEncoderQueue
+from dicom_or_recorder.workflow import Workflow, detach
 from dicom_or_ros.convert import from_msg, time_to_ns
 from dicom_or_ros.diagnostics import (
     ERROR,
@@ -163,6 +165,8 @@ class RecorderNode(Node):
             calling_ae_title=p.calling_ae_title, storage_commitment=p.storage_commitment,
             commitment_port=p.commitment_port, commitment_timeout_s=p.commitment_timeout_s,
             initial_backoff_s=p.initial_backoff_s, max_backoff_s=p.max_backoff_s).validate()
+        mpps_peer = MppsPeer(p.mpps_ae_title, p.mpps_host, p.mpps_port, p.calling_ae_title,
+                             p.mpps_timeout_s).validate()
         self.retention_days = p.retention_days
         status_period_s = p.status_period_s
         self.disk_warn_free_mib = p.disk_warn_free_mib
@@ -186,6 +190,10 @@ class RecorderNode(Node):
                          "quarantined": 0}
         self.sender = StorageSender(self.spool, pacs)
         self.sender.start()
+        # IHE Scheduled Workflow: the MPPS of worklist cases (workflow.py).
+        self.workflow = Workflow(mpps_peer, self.spool,
+                                 p.mpps_station_ae_title or p.calling_ae_title,
+                                 p.pacs_ae_title if pacs.enabled else "", self._finalising)
         # Instances are built and written off the sample callbacks, so a segment boundary
         # (header, file copy, fsync) does not stall a stream; two workers so that streams
         # stopping together finalise in parallel on two cores.
@@ -307,6 +315,8 @@ class RecorderNode(Node):
                         on_error=lambda exc, f=followed: self._refused(f, exc))
                 followed.recorder = recorder
                 followed.recording = self._should_record(descriptor.series_instance_uid)
+                if followed.recording:  # the case's MPPS before the first segment opens
+                    recorder.descriptor = self.workflow.begin(recorder.descriptor)
         except DicomOrError as exc:
             followed.errors += 1
             followed.refused = str(exc)
@@ -465,6 +475,8 @@ class RecorderNode(Node):
             response.message = str(exc)
             response.sop_instance_uids = uids
             return response
+        if request.command == RecordControl.Request.STOP:
+            self._stopped(targets, uids, request.discontinued)
         if uids:
             self.sender.wake()
         response.success = True
@@ -483,6 +495,7 @@ class RecorderNode(Node):
                 f.recording = True
                 if f.recorder is not None:
                     f.recorder.stats.recording = True
+                    f.recorder.descriptor = self.workflow.begin(f.recorder.descriptor)
                     self._series_override[f.recorder.descriptor.series_instance_uid] = True
         return f"recording {len(targets)} stream(s)"
 
@@ -496,6 +509,26 @@ class RecorderNode(Node):
             uids += self._stop_stream(f)
         return f"stopped {len(targets)} stream(s), {len(uids)} instance(s) finalising " \
                "(see status)"
+
+    def _stopped(self, targets: list[_Followed], uids: list[str], discontinued: bool) -> None:
+        """After a STOP: the case's MPPS ends once none of its streams records (workflow.py);
+        the stopped streams' later snapshots belong to no step."""
+        with self._lock:
+            followed = list(self._followed.values())
+        recording = {f.recorder.descriptor.series_instance_uid for f in followed
+                     if f.recording and f.recorder is not None}
+        self.workflow.streams_stopped(recording, uids, discontinued)
+        for f in targets:
+            with f.lock:
+                if f.recorder is not None and not f.recording:
+                    f.recorder.descriptor = detach(f.recorder.descriptor)
+
+    def _finalising(self, series: set[str]) -> bool:
+        """Whether an instance of one of ``series`` is still being built."""
+        with self._lock:
+            followed = list(self._followed.values())
+        return any(f.recorder is not None and f.recorder.stats.finalising > 0
+                   and f.recorder.descriptor.series_instance_uid in series for f in followed)
 
     def _snapshot_streams(self, targets: list[_Followed], *, all_streams: bool,
                           uids: list[str]) -> str:
@@ -558,6 +591,7 @@ class RecorderNode(Node):
             "streams": streams,
             "recovery": dict(self.recovery),
             "instances": counts,
+            "mpps": self.workflow.status(),
             "pacs": {"enabled": self.sender.config.enabled,
                      "queue": counts[FINAL] + (counts[STORED] if
                                                self.sender.config.storage_commitment else 0),
@@ -623,7 +657,8 @@ class RecorderNode(Node):
             {None: "not contacted yet", True: "reachable", False: "unreachable"}[
                 pacs["reachable"]]
         values["store_state"] = store
-        problems: list[tuple[int, str]] = []
+        values.update(self.workflow.diagnostic_values())
+        problems: list[tuple[int, str]] = [(WARN, text) for text in self.workflow.problems()]
         if "error" in disk:
             problems.append((ERROR, f"recordings folder: {disk['error']}"))
         elif disk.get("low"):
@@ -722,6 +757,7 @@ class RecorderNode(Node):
         self._finaliser.shutdown(wait=True)
         if self._recovery_thread.is_alive():
             self._recovery_thread.join()
+        self.workflow.close()  # a case still open ends DISCONTINUED (every segment is final)
         self.sender.stop(timeout_s=2.0)
         self.spool.close()
         self.get_logger().info(f"stopped in {time.monotonic() - started:.2f} s; every "

@@ -22,6 +22,7 @@ waits for a condition with a timeout.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -113,8 +114,8 @@ class MppsScp:
         if ds.PerformedProcedureStepStatus != "IN PROGRESS":
             return self._answer("create", uid, ds, _status(
                 0x0106, "status must be IN PROGRESS"))
-        with self._cond:
-            self.instances[uid] = ds
+        with self._cond:  # a copy: N-SETs change the instance, not what was received
+            self.instances[uid] = copy.deepcopy(ds)
         return self._answer("create", uid, ds, _status(0x0000))
 
     def _on_set(self, event: Any) -> tuple[Dataset, Dataset | None]:
