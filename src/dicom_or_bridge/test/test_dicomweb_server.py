@@ -70,7 +70,10 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(tmp_path: Path, tls: bool = False, **config: object):
+def service(tmp_path: Path, tls: bool | ScpConfig = False, **config: object):
+    """The service over a store of the two live streams and two archived instances, beside
+    a plain SCP on the same store; ``tls``: a self-signed certificate, or the TLS fields
+    of an ScpConfig."""
     archive = tmp_path / "archive"
     files = [archive_recorded_frame(archive, 1), write_instance(archive, number=2)]
     store = ModelStore(ArchiveIndex(archive), retrieve_ae_title="DICOM_OR",
@@ -83,8 +86,8 @@ def service(tmp_path: Path, tls: bool = False, **config: object):
         renders.append(series_uid)
         return snapshot_dataset(video(), FRAME, "rgb8")
 
-    scp_config = ScpConfig()
-    if tls:
+    scp_config = tls if isinstance(tls, ScpConfig) else ScpConfig()
+    if tls is True:
         cert, key = self_signed_cert(tmp_path)
         scp_config = ScpConfig(tls_cert=str(cert), tls_key=str(key))
     scp = BridgeScp(store, ScpConfig(), logging.getLogger("test.scp"))
@@ -269,6 +272,28 @@ def test_tls(tmp_path):
         assert answer.status_code == 200 and len(answer.json()) == 1
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(svc.url.replace("https", "http") + "/studies", timeout=10)
+
+
+def test_tls_with_a_ca_requires_a_client_certificate(tmp_path):
+    from test_dcmtk_interop import _make_pki
+
+    pki = _make_pki(tmp_path)
+    with service(tmp_path, tls=ScpConfig(tls_cert=str(pki["server"]),
+                                         tls_key=str(pki["server_key"]),
+                                         tls_ca=str(pki["ca"]))) as svc:
+        # TLS 1.3: the server checks the client's certificate after the client considers the
+        # handshake done, so the refusal is a dropped connection (SSLError or reset).
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"{svc.url}/studies", timeout=10, verify=str(pki["ca"]))
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"{svc.url}/studies", timeout=10, verify=str(pki["ca"]),
+                         cert=(str(pki["rogue"]), str(pki["rogue_key"])))
+        session = requests.Session()
+        session.trust_env = False   # a REQUESTS_CA_BUNDLE would override session.verify
+        session.verify = str(pki["ca"])
+        session.cert = (str(pki["client"]), str(pki["client_key"]))
+        client = DICOMwebClient(svc.url, session=session)
+        assert len(client.search_for_series(search_filters={"Modality": "ES"})) == 1
 
 
 def test_qido_latency_beside_c_find(svc):
