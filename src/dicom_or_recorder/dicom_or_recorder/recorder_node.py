@@ -5,7 +5,8 @@ those that pass the filters (``kinds``, ``topics``, ``series_instance_uids``), w
 stream's latched descriptor and records its samples through a
 :class:`~dicom_or_recorder.segments.StreamRecorder` into the durable spool under
 ``recordings_dir``. A background :class:`~dicom_or_core.scu.storage.StorageSender` stores
-finished instances to the PACS (``pacs_*`` parameters; ``pacs_port`` 0 = local only).
+finished instances to the PACS by C-STORE or STOW-RS (``pacs_*`` parameters;
+``pacs_protocol``; ``pacs_port`` 0 / empty ``pacs_stow_url`` = local only).
 
 Interfaces:
 
@@ -164,7 +165,11 @@ class RecorderNode(Node):
             ae_title=p.pacs_ae_title, host=p.pacs_host, port=p.pacs_port,
             calling_ae_title=p.calling_ae_title, storage_commitment=p.storage_commitment,
             commitment_port=p.commitment_port, commitment_timeout_s=p.commitment_timeout_s,
-            initial_backoff_s=p.initial_backoff_s, max_backoff_s=p.max_backoff_s).validate()
+            initial_backoff_s=p.initial_backoff_s, max_backoff_s=p.max_backoff_s,
+            batch_size=p.pacs_batch_size, protocol=p.pacs_protocol, stow_url=p.pacs_stow_url,
+            token=p.pacs_token, tls_ca_file=p.pacs_tls_ca_file,
+            tls_cert_file=p.pacs_tls_cert_file, tls_key_file=p.pacs_tls_key_file,
+            max_request_bytes=p.pacs_stow_max_request_mib << 20).validate()
         mpps_peer = MppsPeer(p.mpps_ae_title, p.mpps_host, p.mpps_port, p.calling_ae_title,
                              p.mpps_timeout_s).validate()
         self.retention_days = p.retention_days
@@ -220,9 +225,7 @@ class RecorderNode(Node):
                           callback_group=self._control_group)
         self.create_timer(status_period_s, self._publish_status,
                           callback_group=self._control_group)
-        mode = f"PACS {pacs.ae_title}@{pacs.host}:{pacs.port}" if pacs.enabled \
-            else "local-only"
-        self.get_logger().info(f"recording into {self.spool.root} ({mode})")
+        self.get_logger().info(f"recording into {self.spool.root} ({pacs.describe()})")
         if leftovers:
             self.get_logger().info(f"finalising {len(leftovers)} segment(s) an earlier run "
                                    "left, beside recording")
@@ -594,7 +597,7 @@ class RecorderNode(Node):
             "mpps": self.workflow.status(),
             "pacs": {"enabled": self.sender.config.enabled,
                      "queue": counts[FINAL] + (counts[STORED] if
-                                               self.sender.config.storage_commitment else 0),
+                                               self.sender.config.commitment else 0),
                      "reachable": sender.pacs_reachable, "stored": sender.stored,
                      "committed": sender.committed, "failed": sender.failed,
                      "retries": sender.retries, "bytes_sent": sender.bytes_sent,
@@ -620,7 +623,7 @@ class RecorderNode(Node):
             if f.recorder is not None and f.recorder.unwritten:
                 f.recorder.retry_unwritten()
         if self.retention_days > 0:
-            safe = (COMMITTED,) if self.sender.config.storage_commitment else (STORED,)
+            safe = (COMMITTED,) if self.sender.config.commitment else (STORED,)
             self.spool.apply_retention(self.retention_days * 86400.0, safe)
         status = self._last_status = self.status()
         if status["disk"].get("low"):
