@@ -49,7 +49,7 @@ from pydicom.dataset import Dataset
 from dicom_or_bridge.server import _RateLimitedLog
 from dicom_or_core.model.context import KIND_VIDEO
 from dicom_or_core.qr import dicomweb as dw
-from dicom_or_core.qr.model import ModelStore, QueryModel
+from dicom_or_core.qr.model import ModelStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -408,10 +408,6 @@ class DicomWebServer:
         return any(s.descriptor.series_instance_uid == series
                    and s.descriptor.session.study.study_instance_uid == study
                    and s.descriptor.kind == KIND_VIDEO for s in self.store.streams())
-
-    def model(self) -> QueryModel:
-        """The current model (for tests and diagnostics)."""
-        return self.store.snapshot()
 
 
 def encode_image(image: Dataset, media: str) -> bytes:

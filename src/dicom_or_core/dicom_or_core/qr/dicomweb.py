@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -491,5 +491,3 @@ def is_uid(text: str) -> bool:
     """A UID as PS3.5 9.1 allows (digits and dots, 64 characters at most)."""
     return bool(re.fullmatch(r"[0-9.]{1,64}", text))
 
-
-RenderFrame = Callable[[str], "Dataset | None"]
