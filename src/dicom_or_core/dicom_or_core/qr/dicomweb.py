@@ -485,9 +485,3 @@ def has_series(model: QueryModel, study_uid: str, series_uid: str | None = None)
         if series_uid is None or str(record.get("SeriesInstanceUID", "")) == series_uid:
             return True
     return False
-
-
-def is_uid(text: str) -> bool:
-    """A UID as PS3.5 9.1 allows (digits and dots, 64 characters at most)."""
-    return bool(re.fullmatch(r"[0-9.]{1,64}", text))
-
