@@ -351,3 +351,29 @@ def test_client_leaving_mid_retrieval_and_stop_mid_retrieval_end_cleanly(tmp_pat
     assert stopped_in < 5.0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("client closed the connection" in r.getMessage() for r in caplog.records)
+
+
+def test_a_large_instance_is_streamed_not_held(tmp_path):
+    """A 64 MiB instance goes out in chunks: the Python heap (server and streaming client in
+    this process) grows by a few chunks, not by the instance."""
+    import tracemalloc
+
+    with service(tmp_path) as svc:
+        big = dcmread(svc.files[1])
+        big.Rows = big.Columns = 8192
+        big.PixelData = bytes(8192 * 8192)
+        big.save_as(svc.files[1])
+        del big
+        sop = dcmread(svc.files[1], stop_before_pixels=True).SOPInstanceUID
+        url = f"{svc.url}/studies/{STUDY}/series/{VIDEO_SERIES}/instances/{sop}"
+        tracemalloc.start()
+        start = time.perf_counter()
+        with requests.get(url, stream=True, timeout=30) as answer:
+            received = sum(len(c) for c in answer.iter_content(1 << 16))
+        seconds = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert received == int(answer.headers["Content-Length"]) > 64 << 20
+    print(f"WADO-RS 64 MiB instance: {received / seconds / 1e6:.0f} MB/s, Python heap peak "
+          f"{peak / 1e6:.1f} MB")
+    assert peak < 8 << 20
