@@ -167,7 +167,7 @@ class StatusListener:
 def run(options: argparse.Namespace) -> dict:
     output = Path(options.output or tempfile.mkdtemp(prefix="dicom_or_soak_")) / "recordings"
     port = free_tcp_port()
-    arguments = [f"output_dir:={output}", f"bridge_port:={port}",
+    arguments = [f"output_dir:={output}", f"bridge_port:={port}", "dicomweb_port:=0",
                  f"video_width:={options.width}", f"video_height:={options.height}",
                  f"video_fps:={options.fps}", f"tracker_rate:={options.tracker_rate}",
                  f"tracker_tools:={options.tools}", f"monitor_groups:={options.groups}"]

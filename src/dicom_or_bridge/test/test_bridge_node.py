@@ -64,6 +64,7 @@ def graph(tmp_path):
     with ros_context() as ctx:
         bridge = DicomBridgeNode(context=ctx, parameter_overrides=[
             rclpy.parameter.Parameter("port", value=0),
+            rclpy.parameter.Parameter("dicomweb_port", value=0),
             rclpy.parameter.Parameter("archive_dir", value=str(tmp_path)),
             rclpy.parameter.Parameter("snapshot_timeout_s", value=8.0),
         ])
@@ -175,7 +176,7 @@ def test_shipped_parameter_file_loads_and_port_is_reported(tmp_path):
     with reserved_domain_id() as domain:
         child = subprocess.Popen(
             [console_script("dicom_bridge"), "--ros-args", "--params-file",
-             str(config_dir() / "dicom_bridge.yaml"), "-p", "port:=0",
+             str(config_dir() / "dicom_bridge.yaml"), "-p", "port:=0", "-p", "dicomweb_port:=0",
              "-p", f"archive_dir:={tmp_path}"],
             env=isolated_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
