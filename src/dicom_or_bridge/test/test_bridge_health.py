@@ -18,7 +18,7 @@ from dicom_or_ros.diagnostics import OK, WARN, diagnostics_for, status_level
 def test_node_entry_reports_load_and_warns_after_a_rejection(tmp_path):
     with ros_context() as ctx:
         bridge = DicomBridgeNode(context=ctx, parameter_overrides=[
-            Parameter("port", value=0),
+            Parameter("port", value=0), Parameter("dicomweb_port", value=0),
             Parameter("archive_dir", value=str(tmp_path)),
             Parameter("allowed_calling_ae_titles", value=["WORKSTATION"])])
         try:

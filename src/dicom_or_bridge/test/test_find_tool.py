@@ -45,7 +45,8 @@ def test_discovery_to_data_loop(tmp_path):
     finds the stream by C-FIND and subscribes through the ros2: URI of the answer."""
     with ros_context() as ctx:
         bridge = DicomBridgeNode(context=ctx, parameter_overrides=[
-            Parameter("port", value=0), Parameter("archive_dir", value=str(tmp_path))])
+            Parameter("port", value=0), Parameter("dicomweb_port", value=0),
+            Parameter("archive_dir", value=str(tmp_path))])
         driver = rclpy.create_node("fake_endoscope", context=ctx)
         descriptor = video()
         desc_pub = driver.create_publisher(StreamDescriptorMsg,
