@@ -594,7 +594,8 @@ class RecorderNode(Node):
             "streams": streams,
             "recovery": dict(self.recovery),
             "instances": counts,
-            "mpps": self.workflow.status(),
+            # Only with an MPPS destination (RecorderStatus.mpps.enabled).
+            **({"mpps": self.workflow.status()} if self.workflow.enabled else {}),
             "pacs": {"enabled": self.sender.config.enabled,
                      "queue": counts[FINAL] + (counts[STORED] if
                                                self.sender.config.commitment else 0),

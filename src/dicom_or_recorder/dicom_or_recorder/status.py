@@ -14,6 +14,7 @@ from typing import Any
 from dicom_or_core.archive.spool import STATES
 from dicom_or_msgs.msg import (
     RecorderCounter,
+    RecorderMppsStatus,
     RecorderPacsStatus,
     RecorderStatus,
     RecorderStreamStatus,
@@ -25,6 +26,9 @@ _STREAM_FIELDS = ("acknowledged", "samples", "lost_messages", "out_of_order", "o
                   "foreign_samples")
 _PACS_FIELDS = ("stored", "committed", "failed", "retries", "bytes_sent")
 _RECOVERY = ("pending", "finalised", "discarded", "quarantined")
+# MPPS fields the message has by name (present only when an MPPS destination is set).
+_MPPS_TEXT = ("destination", "open_step", "open_step_id", "last_error")
+_MPPS_COUNTS = ("steps_opened", "pending", "sent", "refused", "retries")
 REFUSED_BY = "refused_by."
 
 
@@ -75,7 +79,23 @@ def status_message(status: dict[str, Any], stamp: Any = None) -> RecorderStatus:
         contacted=pacs["reachable"] is not None, reachable=bool(pacs["reachable"]),
         last_error=pacs["last_error"] or "",
         **{name: int(pacs[name]) for name in _PACS_FIELDS})
+    mpps = status.get("mpps")
+    if mpps:
+        last = mpps.get("last_step") or {}
+        msg.mpps = RecorderMppsStatus(
+            enabled=True, contacted=mpps["reachable"] is not None,
+            reachable=bool(mpps["reachable"]), last_step=last.get("uid", ""),
+            last_step_status=last.get("status", ""),
+            **{name: mpps[name] or "" for name in _MPPS_TEXT},
+            **{name: int(mpps[name]) for name in _MPPS_COUNTS})
     return msg
+
+
+def _mpps_dict(msg: RecorderMppsStatus) -> dict[str, Any]:
+    last = {"uid": msg.last_step, "status": msg.last_step_status} if msg.last_step else {}
+    return {"enabled": True, **{name: getattr(msg, name) for name in _MPPS_TEXT},
+            **{name: getattr(msg, name) for name in _MPPS_COUNTS}, "last_step": last,
+            "reachable": msg.reachable if msg.contacted else None}
 
 
 def _stream_dict(msg: RecorderStreamStatus) -> dict[str, Any]:
@@ -106,6 +126,7 @@ def status_dict(msg: RecorderStatus) -> dict[str, Any]:
         "free_mib": round(msg.disk_free_mib), "total_mib": round(msg.disk_total_mib),
         "low": msg.disk_low}
     pacs = msg.pacs
+    mpps = {"mpps": _mpps_dict(msg.mpps)} if msg.mpps.enabled else {}
     return {
         "recordings_dir": msg.recordings_dir,
         "disk": disk,
@@ -116,4 +137,5 @@ def status_dict(msg: RecorderStatus) -> dict[str, Any]:
                  "reachable": pacs.reachable if pacs.contacted else None,
                  **{name: getattr(pacs, name) for name in _PACS_FIELDS},
                  "last_error": pacs.last_error},
+        **mpps,
     }

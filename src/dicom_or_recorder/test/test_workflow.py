@@ -144,3 +144,29 @@ def test_bad_mpps_parameter_exits_1_naming_it(tmp_path, args, name):
             env=isolated_env(domain), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert name in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mpps_status_round_trips_through_the_typed_message(tmp_path):
+    from dicom_or_recorder.status import status_dict, status_message
+    base = {"recordings_dir": str(tmp_path), "disk": {"free_mib": 1, "total_mib": 2,
+                                                      "low": False},
+            "streams": [], "recovery": {"pending": 0, "finalised": 0, "discarded": 0,
+                                        "quarantined": 0},
+            "instances": {"writing": 0, "final": 0, "stored": 0, "committed": 0, "failed": 0},
+            "pacs": {"enabled": False, "queue": 0, "reachable": None, "stored": 0,
+                     "committed": 0, "failed": 0, "retries": 0, "bytes_sent": 0,
+                     "last_error": ""}}
+    spool = Spool(tmp_path)
+    flow = workflow(spool, free_tcp_port())
+    flow.begin(example_descriptor("ecg", worklist_session()))
+    status = dict(base, mpps=flow.status())
+    status["mpps"].update(reachable=False, retries=3, last_error="MPPS N-CREATE: down",
+                          last_step={"uid": "1.2.3", "status": "COMPLETED"})
+    msg = status_message(status)
+    assert msg.mpps.enabled and msg.mpps.contacted and not msg.mpps.reachable
+    assert msg.mpps.open_step == flow.step.uid and msg.mpps.last_step_status == "COMPLETED"
+    assert status_dict(msg) == status
+    assert not status_message(base).mpps.enabled and "mpps" not in status_dict(
+        status_message(base))
+    flow.close(timeout_s=1.0)
+    spool.close()
