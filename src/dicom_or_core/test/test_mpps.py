@@ -182,6 +182,13 @@ def test_workflow_context_on_an_image_and_on_an_sr():
     assert sr.ReferencedRequestSequence[0].RequestedProcedureID == "RP-1"
     assert sr.ReferencedRequestSequence[0].PlacerOrderNumberImagingServiceRequest == ""
     assert sr.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID == uid
+    # 1C attributes are absent, not empty, when the RIS sent none.
+    session.requests[0].scheduled_procedure_step_id = ""
+    session.requests[0].requested_procedure_id = ""
+    bare = Dataset()
+    ctx.apply_workflow_context(bare, session)
+    assert "ScheduledProcedureStepID" not in bare.RequestAttributesSequence[0]
+    assert "RequestedProcedureID" not in bare.RequestAttributesSequence[0]
     # A case from no worklist: nothing.
     plain = Dataset()
     ctx.apply_workflow_context(plain, example_session())

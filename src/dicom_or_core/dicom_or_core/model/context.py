@@ -439,8 +439,12 @@ def request_item(request: RequestAttributes, *, sr: bool = False) -> Dataset:
         return item
     if not item.RequestedProcedureCodeSequence:
         del item.RequestedProcedureCodeSequence
-    # Scheduled Procedure Step ID is 1C: present because the procedure was scheduled.
-    item.ScheduledProcedureStepID = request.scheduled_procedure_step_id
+    # Requested Procedure ID and Scheduled Procedure Step ID are 1C (required when the
+    # procedure was scheduled): never written empty, absent when the RIS sent none.
+    if not request.requested_procedure_id:
+        del item.RequestedProcedureID
+    if request.scheduled_procedure_step_id:
+        item.ScheduledProcedureStepID = request.scheduled_procedure_step_id
     if request.scheduled_procedure_step_description:
         item.ScheduledProcedureStepDescription = request.scheduled_procedure_step_description
     protocol = _code(request.scheduled_protocol_code_value,
