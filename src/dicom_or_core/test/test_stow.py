@@ -7,8 +7,13 @@ of a delivery."""
 from __future__ import annotations
 
 import email.parser
+import http.server
+import io
 import json
+import logging
 import os
+import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -382,3 +387,127 @@ def test_stow_across_a_pacs_outage_delivers_every_instance_exactly_once(tmp_path
         stop_writing.set()
         sender.stop()
         orthanc.stop()
+
+
+# -- security: bearer token, https, client certificate (an in-process STOW-RS server) ---------
+
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl)."""
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return cert, key
+
+
+class StowHandler(http.server.BaseHTTPRequestHandler):
+    """Stores nothing: answers each part with its SOP Instance UID in the Referenced SOP
+    Sequence, after checking the bearer token; records each request's headers."""
+
+    def do_POST(self):  # noqa: N802  (http.server's name)
+        server = self.server
+        server.seen.append(dict(self.headers))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Authorization") != f"Bearer {server.token}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        message = email.parser.BytesParser().parsebytes(
+            f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+        uids = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))).SOPInstanceUID
+                for p in message.get_payload()]
+        answer = response(referenced=uids)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+class TlsServer(http.server.ThreadingHTTPServer):
+    """TLS per connection, its handshake in the connection's thread (a client refused at
+    the handshake never holds up the next one)."""
+
+    context: ssl.SSLContext
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True), address
+
+    def handle_error(self, request, client_address):
+        pass   # refused handshakes are what some tests provoke
+
+
+@pytest.fixture
+def https_stow(tmp_path):
+    """An https STOW-RS server requiring a token and a client certificate."""
+    server_cert, server_key = self_signed(tmp_path, "server")
+    client_cert, client_key = self_signed(tmp_path, "client")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(client_cert)
+    server = TlsServer(("127.0.0.1", 0), StowHandler)
+    server.context = context
+    server.token, server.seen = "s3cret", []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"https://127.0.0.1:{server.server_address[1]}/dicom-web"
+    server.files = {"ca": server_cert, "cert": client_cert, "key": client_key}
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_stow_over_https_with_token_and_client_certificate(tmp_path, https_stow, caplog):
+    spool = Spool(tmp_path / "rec")
+    instances = sample_instances(2)[:2]
+    for ds in instances:
+        spool.write_instance(ds)
+    files = https_stow.files
+
+    def attempt(**kw) -> StorageSender:
+        config = PacsConfig(protocol=STOWRS, stow_url=https_stow.url, initial_backoff_s=0.01,
+                            max_backoff_s=0.01, **kw)
+        sender = StorageSender(spool, config)
+        time.sleep(0.02)   # the 10 ms backoff of the previous attempt
+        sender.run_once()
+        sender.stop()
+        return sender
+
+    # The server's certificate is not among the system's CAs: TLS fails, nothing is lost.
+    sender = attempt(token="s3cret", tls_cert_file=str(files["cert"]),
+                     tls_key_file=str(files["key"]))
+    assert "TLS" in sender.stats.last_error and "pacs_tls_ca_file" in sender.stats.last_error
+    # TLS right, token wrong: 401 is an outage that needs an operator, logged as an error.
+    with caplog.at_level(logging.ERROR, logger="dicom_or.storage_scu"):
+        sender = attempt(token="wrong", tls_ca_file=str(files["ca"]),
+                         tls_cert_file=str(files["cert"]), tls_key_file=str(files["key"]))
+    assert "HTTP 401" in sender.stats.last_error and "pacs_token" in sender.stats.last_error
+    assert any("pacs_token" in r.getMessage() for r in caplog.records)
+    assert spool.counts()[FINAL] == 2 and sender.stats.failed == 0
+    assert all(r.attempts == 2 for r in spool.rows())
+    # The operator fixes the token: delivered.
+    sender = attempt(token="s3cret", tls_ca_file=str(files["ca"]),
+                     tls_cert_file=str(files["cert"]), tls_key_file=str(files["key"]))
+    assert spool.counts()[STORED] == 2 and sender.stats.stored == 2
+    headers = https_stow.seen[-1]
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert headers["Accept"] == "application/dicom+json"
+    assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"; '
+                                              "boundary=")
+    assert int(headers["Content-Length"]) > sum(r.size for r in spool.rows())
+    assert "Transfer-Encoding" not in headers
+    # Verified server, no client certificate: the server refuses the connection.
+    other = Spool(tmp_path / "rec2")
+    other.write_instance(sample_instances(1)[0])
+    sender = StorageSender(other, PacsConfig(protocol=STOWRS, stow_url=https_stow.url,
+                                             token="s3cret", tls_ca_file=str(files["ca"])))
+    sender.run_once()
+    sender.stop()
+    assert other.counts()[FINAL] == 1 and sender.stats.pacs_reachable is False

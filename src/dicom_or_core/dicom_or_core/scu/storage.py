@@ -252,7 +252,7 @@ class StorageSender:
         try:
             self.transport.deliver(outcome.rows, files, waiting, outcome)
         except PacsUnreachable as exc:
-            self._pacs_unreachable(outcome.unanswered(), str(exc))
+            self._pacs_unreachable(outcome.unanswered(), str(exc), exc.needs_operator)
             self._on_change()
             return bool(rows)
         outcome.finish()
@@ -270,12 +270,15 @@ class StorageSender:
                 self.stats.failed += 1
         return files
 
-    def _pacs_unreachable(self, rows: list[InstanceRow], reason: str) -> None:
-        """Defer every row with backoff; warn once per outage, not once per retry."""
+    def _pacs_unreachable(self, rows: list[InstanceRow], reason: str,
+                          needs_operator: bool = False) -> None:
+        """Defer every row with backoff; warn once per outage, not once per retry (an error
+        when it needs an operator: credentials, URL, certificates)."""
         self._defer_all(rows, reason)
         if self.stats.pacs_reachable is not False:
-            log.warning("PACS %s unreachable or refusing: %s; %d instance(s) wait, retrying "
-                        "with backoff", self.transport.peer(), reason, len(rows))
+            log.log(logging.ERROR if needs_operator else logging.WARNING,
+                    "PACS %s unreachable or refusing: %s; %d instance(s) wait, retrying "
+                    "with backoff", self.transport.peer(), reason, len(rows))
         self.stats.pacs_reachable = False
 
     def _next_attempt(self, row: InstanceRow) -> float:

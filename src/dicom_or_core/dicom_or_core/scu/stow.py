@@ -213,9 +213,10 @@ def judge(status: int, body: bytes, sent: list[str], url: str = "") -> Verdict:
         raise PacsUnreachable(f"{text}: the destination is unavailable")
     if status in CREDENTIAL_STATUSES:
         raise PacsUnreachable(f"{text}: the destination refuses our credentials (check "
-                              "pacs_token and the TLS client certificate)")
+                              "pacs_token and the TLS client certificate)", True)
     if 300 <= status < 400 or status in NOT_STOW_STATUSES:
-        raise PacsUnreachable(f"{text}: no STOW-RS service at {url} (check pacs_stow_url)")
+        raise PacsUnreachable(f"{text}: no STOW-RS service at {url} (check pacs_stow_url)",
+                              True)
     answer = parse_response(body)
     verdict = Verdict()
     for uid in sent:
@@ -262,9 +263,11 @@ class StowTransport:
             if config.url.startswith("http://"):
                 log.warning("pacs_token is sent over plain http to %s: use https",
                             config.url)
-        self.session.verify = config.ca_file or True
+        # Given with each request: requests lets REQUESTS_CA_BUNDLE override a session's.
+        self.verify: str | bool = config.ca_file or True
+        self.cert: str | tuple[str, str] | None = None
         if config.cert_file:
-            self.session.cert = (config.cert_file, config.key_file) if config.key_file \
+            self.cert = (config.cert_file, config.key_file) if config.key_file \
                 else config.cert_file
 
     def peer(self) -> str:
@@ -309,13 +312,15 @@ class StowTransport:
         try:
             body = MultipartBody([files[r.sop_instance_uid].path for r in batch])
             with self.session.post(url, data=body, stream=True, allow_redirects=False,
+                                   verify=self.verify, cert=self.cert,
                                    headers={"Content-Type": body.content_type},
                                    timeout=(self.config.connect_timeout_s,
                                             self.config.timeout_s)) as response:
                 status = response.status_code
                 answer = _read_bounded(response)
         except requests.exceptions.SSLError as exc:
-            raise PacsUnreachable(f"TLS with {url} failed: {_reason(exc)}") from None
+            raise PacsUnreachable(f"TLS with {url} failed: {_reason(exc)} (check "
+                                  "pacs_tls_ca_file, pacs_tls_cert_file)", True) from None
         except requests.Timeout:
             raise PacsUnreachable(f"no answer from {url} within "
                                   f"{self.config.timeout_s:g} s") from None

@@ -61,7 +61,13 @@ def classify_status(code: int) -> str:
 
 class PacsUnreachable(Exception):  # noqa: N818  (an outage, not a programming error)
     """The destination cannot be reached, timed out, or refuses every request (HTTP 5xx,
-    401/403, ...): the instances of the round not yet answered wait with backoff."""
+    401/403, ...): the instances of the round not yet answered wait with backoff.
+    ``needs_operator``: it will not pass by itself (credentials, URL, certificates), so it
+    is logged as an error, not as a warning."""
+
+    def __init__(self, message: str, needs_operator: bool = False) -> None:
+        super().__init__(message)
+        self.needs_operator = needs_operator
 
 
 class DeliverySink(Protocol):
