@@ -277,3 +277,35 @@ def test_mpps_scp_down_recording_unaffected_failure_reported_then_delivered(
     assert {ds.Modality for ds in files.values()} == {"ES", "ECG", "HD", "SR"}
     for ds in files.values():
         check_instance(ds, uid)
+
+
+def test_stop_discontinued_and_a_shutdown_mid_case_end_their_steps_discontinued(
+        tmp_path, worklist):
+    mpps_port = free_tcp_port()
+    with MppsScp(mpps_port) as scp, ros_context() as rctx:
+        graph = OrGraph(rctx, tmp_path / "recordings", worklist, mpps_port)
+        try:
+            assert graph.spin_until(graph.ready, 60), graph.streams()
+            assert graph.call(RecordControl.Request.START).success
+            assert graph.spin_until(lambda: all(s.get("samples", 0) >= 10
+                                                for s in graph.streams()), 60)
+            assert graph.call(RecordControl.Request.STOP, discontinued=True).success
+            assert graph.spin_until(lambda: len(scp.received) >= 2, 60)
+            # A new START opens a new step; the recorder then shuts down mid-case.
+            assert graph.call(RecordControl.Request.START).success
+            assert graph.spin_until(lambda: len(scp.received) >= 3, 60)
+            assert graph.spin_until(lambda: all(s.get("samples", 0) >= 20
+                                                for s in graph.streams()), 60)
+        finally:
+            graph.close()  # N-SET of the open step delivered during close
+    ops = [(op, uid) for op, uid, _ in scp.received]
+    first, second = ops[0][1], ops[2][1]
+    assert ops == [("create", first), ("set", first), ("create", second), ("set", second)]
+    assert first != second
+    for uid in (first, second):
+        final = scp.instances[uid]
+        assert final.PerformedProcedureStepStatus == "DISCONTINUED"
+        assert final.PerformedProcedureStepDiscontinuationReasonCodeSequence[0].CodeValue \
+            == "110513"
+        # What was acquired before the discontinuation is still listed.
+        assert {str(i.SeriesInstanceUID) for i in final.PerformedSeriesSequence}

@@ -320,6 +320,7 @@ class RecorderNode(Node):
                 followed.recording = self._should_record(descriptor.series_instance_uid)
                 if followed.recording:  # the case's MPPS before the first segment opens
                     recorder.descriptor = self.workflow.begin(recorder.descriptor)
+                    self.workflow.started()
         except DicomOrError as exc:
             followed.errors += 1
             followed.refused = str(exc)
@@ -500,6 +501,7 @@ class RecorderNode(Node):
                     f.recorder.stats.recording = True
                     f.recorder.descriptor = self.workflow.begin(f.recorder.descriptor)
                     self._series_override[f.recorder.descriptor.series_instance_uid] = True
+        self.workflow.started()  # the MPPS of a case these streams opened: N-CREATE
         return f"recording {len(targets)} stream(s)"
 
     def _stop_streams(self, targets: list[_Followed], *, all_streams: bool,

@@ -7,9 +7,10 @@ which Series it produced:
 * **open**: the first stream of a case whose session context lists worklist ``requests``
   starts recording (START, or ``record_on_start``) -> a step is opened: its SOP Instance
   UID and Performed Procedure Step ID are made here, written into that stream's descriptor
-  (so every instance references the step, PS3.3 C.7.3.1) and an N-CREATE IN PROGRESS is
-  queued. Streams of the same case that start later join the open step. A stream of
-  another case closes the open step first (COMPLETED).
+  (so every instance references the step, PS3.3 C.7.3.1); once every stream the START
+  starts has joined (:meth:`Workflow.started`), an N-CREATE IN PROGRESS is queued, its
+  Modality the image modality among theirs. Streams of the same case that start later join
+  the open step. A stream of another case closes the open step first (COMPLETED).
 * **close**: when no stream of the step records any more (STOP), the step waits (in the
   background, the STOP answers at once) until the instances the STOP closed are final,
   lists every instance in the spool that references the step, and queues the N-SET:
@@ -53,6 +54,10 @@ OPEN_STEP_FILE = "mpps_open.json"
 FINAL_WAIT_S = 120.0
 # The worker's period: how soon a due message or a closing step is looked at.
 TICK_S = 0.2
+# Shutdown waits at most this long for the worker, and gives the last delivery attempt
+# these timeouts: a RIS that accepts but never answers must not hold the recorder's stop
+# (what is not accepted stays in the outbox for the next start).
+SHUTDOWN_WAIT_S = 2.0
 
 
 @dataclass
@@ -158,8 +163,8 @@ class Workflow:
             station_ae_title=self.station_ae_title,
             station_name=descriptor.equipment.station_name, start_date=date, start_time=tm,
             description=description)
-        # Queued by the worker's next tick, so that the streams a START starts together
-        # are all joined and the step's Modality is the best of theirs (step_modality).
+        # Queued by started(), once every stream a START starts has joined, so the step's
+        # Modality is the best of theirs (step_modality).
         step.performed = performed
         self.step = step
         self.opened += 1
@@ -178,6 +183,14 @@ class Workflow:
                 return
             self._end_locked(mpps.DISCONTINUED if discontinued else mpps.COMPLETED,
                              set(closing_uids))
+
+    def started(self) -> None:
+        """The streams starting together have all called :meth:`begin`: queue the N-CREATE
+        of the step they opened (nothing when it is already queued)."""
+        with self._lock:
+            if self.step is not None:
+                self._queue_create_locked(self.step)
+        self._wake.set()
 
     def _queue_create_locked(self, step: _Step) -> None:
         performed, step.performed = step.performed, None
@@ -269,8 +282,6 @@ class Workflow:
 
     def _work(self) -> None:
         with self._lock:
-            if self.step is not None:
-                self._queue_create_locked(self.step)
             ready = [c for c in self._closing if self._ready(c)]
             self._closing = [c for c in self._closing if c not in ready]
         for closing in ready:
@@ -288,14 +299,14 @@ class Workflow:
                 self.outbox.stats.last_error = f"MPPS: {type(exc).__name__}: {exc}"
                 log.exception("MPPS worker")
 
-    def close(self, timeout_s: float | None = None) -> None:
+    def close(self, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
         """Shutdown (every instance already final): a step still open ends DISCONTINUED;
-        its N-SET and anything pending get one delivery attempt (bounded by the peer's
-        timeouts); what is not accepted stays in the outbox for the next start."""
+        its N-SET and anything pending get one delivery attempt with ``timeout_s``
+        timeouts; what is not accepted stays in the outbox for the next start."""
         if not self.enabled:
             return
         self._stop.set()
-        self._thread.join(timeout=timeout_s or self.peer.timeout_s * 3)
+        self._thread.join(timeout=timeout_s)
         with self._lock:
             if self.step is not None:
                 self._end_locked(mpps.DISCONTINUED, set())
@@ -304,7 +315,8 @@ class Workflow:
             self._finish(c)
         # Not beside a worker still waiting on the peer (the same message twice).
         if self.outbox.pending() and not self._thread.is_alive():
-            self.outbox.flush(self.peer)
+            self.outbox.flush(replace(self.peer, timeout_s=min(self.peer.timeout_s,
+                                                               timeout_s)))
 
     # -- status ------------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ def test_one_step_per_recording_lists_only_its_own_instances(tmp_path, scp):
     ecg = example_descriptor("ecg", worklist_session())
     before = record(spool, ecg)  # recorded before the step: not the step's
     stamped = flow.begin(ecg)
+    flow.started()
     step_uid = stamped.session.performed_procedure_step_sop_instance_uid
     assert step_uid and stamped.session.performed_procedure_step_id.startswith("PPS")
     assert stamped.session.performed_procedure_step_description == "Lap chole"
@@ -82,6 +83,7 @@ def test_one_step_per_recording_lists_only_its_own_instances(tmp_path, scp):
     assert series.RetrieveAETitle == "PACS" and series.ReferencedImageSequence == []
     # A START after COMPLETED: a new step (a completed one cannot be extended).
     again = flow.begin(detach(stamped))
+    flow.started()
     assert again.session.performed_procedure_step_sop_instance_uid not in ("", step_uid)
     assert detach(stamped).session.performed_procedure_step_sop_instance_uid == ""
     flow.close()
@@ -94,8 +96,10 @@ def test_another_case_completes_the_open_step_and_a_crash_is_discontinued(tmp_pa
     spool = Spool(tmp_path)
     flow = workflow(spool, scp.port)
     first = flow.begin(example_descriptor("ecg", worklist_session()))
+    flow.started()
     record(spool, first)
     second = flow.begin(example_descriptor("ecg", worklist_session()))  # next case
+    flow.started()
     ids = [d.session.performed_procedure_step_sop_instance_uid for d in (first, second)]
     assert ids[0] != ids[1]
     assert scp.wait_for(lambda s: len(s.received) == 3, 20)
