@@ -34,6 +34,7 @@ setup(
             'session_context = dicom_or_bridge.session_context_node:main',
             'dicom_bridge = dicom_or_bridge.bridge_node:main',
             'dicom_or_find = dicom_or_bridge.find_tool:main',
+            'dicom_or_igtl_server = dicom_or_bridge.igtl_server_node:main',
         ],
     },
 )
