@@ -26,6 +26,7 @@ setup(
             'video_driver = dicom_or_drivers.video_node:main',
             'tracker_driver = dicom_or_drivers.tracker_node:main',
             'waveform_driver = dicom_or_drivers.waveform_node:main',
+            'dicom_or_replay = dicom_or_drivers.replay_node:main',
         ],
     },
 )

@@ -569,6 +569,8 @@ def load_study(folder: str | Path, study_instance_uid: str = "",
     """The recorded streams of one study under ``folder`` (headers only; samples are read
     when replayed). ``study_instance_uid`` chooses among several studies (required then).
     DicomOrError naming ``input`` / ``study_instance_uid`` when there is nothing to replay."""
+    if not str(folder):
+        raise DicomOrError("input", "is required: the folder of recorded instances")
     root = Path(folder)
     if not root.is_dir():
         raise DicomOrError("input", "is not a folder", str(folder))
