@@ -22,12 +22,17 @@ Health: a ``/diagnostics`` entry ``igtl_server`` (clients, rates sent, drops, re
 
 from __future__ import annotations
 
+import re
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.subscription import Subscription
 
@@ -47,6 +52,18 @@ DIAGNOSTICS_ENTRY = "igtl_server"
 _SERVED = {POSE_SAMPLE_TYPE: (PoseSample, "pose"), IMAGE_FRAME_TYPE: (ImageFrame, "video")}
 # Topic names that say "the frames" rather than whose: the device is the segment before.
 _GENERIC_SEGMENTS = {"frames", "image", "image_raw", "image_rect", "video"}
+# Samples taken per wake-up of a stream's thread before it checks for shutdown again.
+MAX_TAKEN_PER_WAKE = 1000
+
+
+@dataclass
+class _Stream:
+    """One served stream: its subscription on a helper node spun by a thread of its own."""
+
+    node: Node
+    subscription: Subscription
+    executor: SingleThreadedExecutor
+    thread: threading.Thread | None = None
 
 
 def image_device_name(topic: str) -> str:
@@ -90,7 +107,8 @@ class IgtlServerNode(Node):
         except OSError as exc:
             raise DicomOrError("port", f"cannot listen on {p.host}:{p.port}: "
                                f"{exc.strerror or exc}") from None
-        self._served: dict[str, Subscription] = {}
+        self._served: dict[str, _Stream] = {}
+        self._closed = False
         self._renamed: set[str] = set()
         self._counts = {"poses": 0, "occluded": 0, "frames": 0}
         self._last_stats = (time.monotonic(), 0, 0)
@@ -117,9 +135,40 @@ class IgtlServerNode(Node):
                 device = image_device_name(stream.topic)
                 callback = lambda msg, d=device: self._on_frame(d, msg)  # noqa: E731
                 what = f"IMAGE {device!r}"
-            self._served[stream.topic] = self.create_subscription(
-                msg_type, stream.topic, callback, qos)
+            self._served[stream.topic] = self._follow(stream.topic, msg_type, callback, qos)
             self.get_logger().info(f"serving {stream.topic}: {what}")
+
+    def _follow(self, topic: str, msg_type: Any, callback: Any, qos: Any) -> _Stream:
+        """Subscribe ``topic`` on a helper node with an executor and a thread of its own,
+        as the recorder does: per-stream order is kept, and the thread takes every sample
+        already waiting straight from the subscription instead of one wait-set round trip
+        per message (a 4-tool 1 kHz tracker is 4,000 messages/s)."""
+        name = "igtl_server_" + re.sub(r"[^A-Za-z0-9_]", "_", topic).strip("_")
+        # use_global_arguments=False: a launcher's __node:= remap would rename it too.
+        node = Node(name, context=self.context, namespace=self.get_namespace(),
+                    start_parameter_services=False, use_global_arguments=False)
+        subscription = node.create_subscription(msg_type, topic, callback, qos)
+        executor = SingleThreadedExecutor(context=self.context)
+        executor.add_node(node)
+        served = _Stream(node, subscription, executor)
+        served.thread = threading.Thread(target=self._spin, args=(served, callback),
+                                         name=name, daemon=True)
+        served.thread.start()
+        return served
+
+    def _spin(self, served: _Stream, callback: Any) -> None:
+        sub = served.subscription
+        try:
+            while not self._closed and self.context.ok():
+                served.executor.spin_once(timeout_sec=0.1)
+                for _ in range(MAX_TAKEN_PER_WAKE):
+                    with sub.handle:
+                        taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                    if taken is None:
+                        break
+                    callback(taken[0])
+        except (ExternalShutdownException, RCLError):
+            pass  # the context is shutting down
 
     # --- samples ----------------------------------------------------------------------------
 
@@ -176,7 +225,16 @@ class IgtlServerNode(Node):
                              f"{stats.port}", values)
 
     def close(self) -> None:
-        """Close every connection and the listening socket."""
+        """Stop the streams' threads, close every connection and the listening socket."""
+        self._closed = True
+        for served in self._served.values():
+            if served.thread is not None:
+                served.thread.join(timeout=1.0)
+            served.executor.shutdown(timeout_sec=1.0)
+            try:
+                served.node.destroy_node()
+            except (RCLError, RuntimeError):
+                pass
         self.server.close()
 
 
