@@ -114,6 +114,43 @@ def test_tools_at_the_tracker_rate_and_video_at_the_scaled_size() -> None:
         print(f"OpenIGTLink IMAGE 160x120 RGB (320x240 at 10 fps, image_scale 0.5): "
               f"{image_rate:.1f}/s")
         assert image_rate >= 5.0
+        health = _igtl_health(domain)
+        assert health["clients"] == "1" and health["streams"] == "2", health
+        assert float(health["messages_sent_per_s"]) > 100.0, health
+
+
+def _igtl_health(domain: int) -> dict[str, str]:
+    """The node's ``igtl_server`` /diagnostics entry, read on its domain."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from dicom_or_test_common.ros import spin_until
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    try:
+        node = rclpy.create_node("igtl_probe", context=context)
+        found: dict[str, str] = {}
+
+        def on_array(array: DiagnosticArray) -> None:
+            for status in array.status:
+                if status.name == "/or/igtl_server: igtl_server":
+                    found.clear()
+                    found.update({kv.key: kv.value for kv in status.values})
+
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_array, 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        # The rates are per period: the second report after subscribing is a whole one.
+        assert spin_until(executor, lambda: bool(found), 10.0)
+        found.clear()
+        assert spin_until(executor, lambda: bool(found), 10.0)
+        executor.shutdown()
+        node.destroy_node()
+        return found
+    finally:
+        context.try_shutdown()
 
 
 def test_a_port_in_use_and_a_bad_parameter_are_one_error_line() -> None:
