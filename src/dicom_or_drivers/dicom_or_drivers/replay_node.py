@@ -151,6 +151,9 @@ class ReplayNode(Node):
         remaps = parse_remaps(list(p.topic_remap))
         self.study = load_study(p.input, p.study_instance_uid, p.topic_prefix)
         remap_topics(self.study, remaps)
+        for series in self.study.series:
+            if series.kind == ctx.KIND_VIDEO:
+                series.descriptor = replace(series.descriptor, qos_profile=p.video_qos_profile)
         self.options = ReplayOptions(rate=p.rate, loop=p.loop, start_offset_s=p.start_offset_s,
                                      waveform_chunk_ms=float(p.waveform_chunk_ms)
                                      ).validate(self.study)
