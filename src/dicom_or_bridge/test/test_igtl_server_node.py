@@ -153,6 +153,30 @@ def _igtl_health(domain: int) -> dict[str, str]:
         context.try_shutdown()
 
 
+def test_video_device_names_and_frames_as_images() -> None:
+    from dicom_or_bridge.igtl_server_node import frame_image, image_device_name
+    from dicom_or_msgs.msg import ImageFrame
+    from dicom_or_ros.convert import ns_to_time
+    from dicom_or_ros.image import fill_image
+
+    assert image_device_name("/or/endoscope/frames") == "endoscope"
+    assert image_device_name("/or/microscope_left/image_raw") == "microscope_left"
+    assert image_device_name("/frames") == "frames"
+    assert image_device_name("/or/a_very_long_camera_name_here/frames") == \
+        "a_very_long_camera_n"
+    msg = ImageFrame()
+    bgr = np.zeros((240, 320, 3), np.uint8)
+    bgr[..., 0] = 200  # blue
+    fill_image(msg.image, bgr, "bgr8")
+    msg.context.acquisition_time = ns_to_time(1_790_000_000_123_456_789)
+    image = frame_image(msg, 0.25)
+    assert image.pixels.shape == (60, 80, 3) and image.spacing_mm == 4.0
+    assert image.pixels[..., 2].min() == 200 and image.pixels[..., :2].max() == 0  # RGB
+    assert image.timestamp_s == pytest.approx(1_790_000_000.123456789, abs=1e-6)
+    whole = frame_image(msg, 1.0)
+    assert whole.pixels.shape == (240, 320, 3) and whole.spacing_mm == 1.0
+
+
 def test_a_port_in_use_and_a_bad_parameter_are_one_error_line() -> None:
     with reserved_domain_id() as domain, socket.create_server(("127.0.0.1", 0)) as taken:
         env = isolated_env(domain)
