@@ -196,7 +196,9 @@ def test_a_client_that_never_reads_neither_stalls_the_server_nor_the_others(serv
         count, longest = _publish_for(server, 1.5, 200.0, image_every=5)
         _assert_all_in_order(steady, count)
         assert len(steady.of_type("IMAGE")) >= count // 5 - 5
-        assert longest < 0.05, f"a publish call took {longest * 1000:.1f} ms"
+        # Never waits for a client: a blocked send would take client_timeout_s (2 s); the
+        # bound leaves room for a preempted thread on a loaded machine.
+        assert longest < 0.2, f"a publish call took {longest * 1000:.1f} ms"
         stats = {c.address: c for c in server.stats().clients}
         stuck_stats = stats[f"127.0.0.1:{stuck.sock.getsockname()[1]}"]
         assert stuck_stats.images_dropped > 0  # latest wins: its old frames were replaced
@@ -220,7 +222,7 @@ def test_video_is_rate_capped_per_client_and_encoded_once_per_frame() -> None:
             server.offer_image("endoscope", lambda v=i: (builds.append(v), _frame(v))[1])
             time.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
         for client in clients:
-            assert client.wait_for(lambda m: len(m) >= 5)
+            assert client.wait_for(lambda m: len(m) >= 3)
             assert len(client.of_type("IMAGE")) <= 8  # 0.6 s at 10 Hz, plus slack
         assert len(builds) <= 8 and server.stats().images_encoded == len(builds)
     finally:
