@@ -49,6 +49,7 @@ ROSDEP_KEYS = {
     "yaml": "python3-yaml",
     # Packaged by no distribution rosdep targets: rosdep's pip keys (installed with pip).
     "dicomweb_client": "python3-dicomweb-client-pip",
+    "foxglove": "python3-foxglove-sdk-pip",
     "highdicom": "python3-highdicom-pip",
     "pyigtl": "python3-pyigtl-pip",
     "mcap": "python3-mcap-pip",

@@ -35,6 +35,7 @@ setup(
             'dicom_bridge = dicom_or_bridge.bridge_node:main',
             'dicom_or_find = dicom_or_bridge.find_tool:main',
             'dicom_or_igtl_server = dicom_or_bridge.igtl_server_node:main',
+            'dicom_or_foxglove = dicom_or_bridge.foxglove_bridge_node:main',
         ],
     },
 )
