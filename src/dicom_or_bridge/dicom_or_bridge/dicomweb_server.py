@@ -13,7 +13,9 @@ JSON, multipart bodies). This module is the HTTP side only, on aiohttp:
   stored Transfer Syntax; ``.../metadata`` at each level -> ``application/dicom+json``
   without bulk data; ``/studies/{study}/series/{series}/rendered`` of a live video series
   -> its current frame as JPEG or PNG (the twin of the C-GET snapshot), and
-  ``.../instances/{sop}/rendered`` of an archived single-frame image.
+  ``.../instances/{sop}/rendered`` of an archived single-frame image, or of an archived
+  video instance as ``video/mp4`` (PS3.18 8.7.4), remuxed from the stored stream without
+  re-encoding (:mod:`dicom_or_core.iod.video_media`; cached, Range requests served).
 
 The service runs its own asyncio loop in a thread; blocking work (model snapshot, matching,
 file reads, waiting for a live frame) runs in a bounded thread pool. Limits: request line
@@ -32,12 +34,16 @@ import io
 import json
 import logging
 import re
+import shutil
 import ssl
+import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,7 +53,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_or_bridge.server import _RateLimitedLog
+from dicom_or_core.iod import video_media
 from dicom_or_core.model.context import KIND_VIDEO
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.qr import dicomweb as dw
 from dicom_or_core.qr.model import ModelStore
 
@@ -129,6 +137,7 @@ class DicomWebServer:
         self._slots = config.max_concurrent_requests
         self.counts = {"http_requests": 0, "http_refused": 0, "http_busy": 0,
                        "http_errors": 0}
+        self._videos = _Mp4Cache()
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -201,6 +210,7 @@ class DicomWebServer:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout_s)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._videos.close()
 
     # --- routing and guard -------------------------------------------------------------
 
@@ -390,11 +400,32 @@ class DicomWebServer:
         return web.Response(body=body, content_type=media)
 
     async def _rendered_instance(self, request: web.Request) -> web.StreamResponse:
-        """Rendered of an archived single-frame, uncompressed image."""
-        media = self._rendered_media(request)
+        """Rendered of an archived single-frame, uncompressed image, or of a video
+        instance as ``video/mp4``."""
         (path,) = await self._run(self._archived, request)
+        if await self._run(video_media.is_video, path):
+            return await self._rendered_video(request, path)
+        media = self._rendered_media(request)
         body = await self._run(_render_file, path, media)
         return web.Response(body=body, content_type=media)
+
+    async def _rendered_video(self, request: web.Request, path: Path) -> web.StreamResponse:
+        """A video instance rendered as ``video/mp4`` (PS3.18 8.7.4): the stored coded
+        pictures in an MP4 container, sent as a file (Range requests answered 206, so a
+        browser's video element can seek)."""
+        accept = dw.parse_accept(request.headers.get("Accept"))
+        if dw.choose(accept, (video_media.MEDIA_MP4,)) is None:
+            raise _Http(406, "a video instance is rendered as video/mp4")
+        try:
+            mp4 = await self._run(self._videos.get, path)
+        except DicomOrError as exc:
+            raise _Http(406, f"cannot render this video: {exc}") from None
+        response = web.FileResponse(mp4, headers={"Content-Type": video_media.MEDIA_MP4})
+        try:
+            await response.prepare(request)   # sent while the cache still holds the file
+        except ConnectionResetError:
+            self.log.info("DICOMweb %s: client closed the connection", request.path)
+        return response
 
     @staticmethod
     def _rendered_media(request: web.Request) -> str:
@@ -430,3 +461,42 @@ def _render_file(path: Any, media: str) -> bytes:
         raise
     except Exception as exc:  # compressed, no pixels, ...: not renderable here
         raise _Http(406, f"cannot render this instance: {type(exc).__name__}") from None
+
+
+class _Mp4Cache:
+    """The last few remuxed MP4s (a player asks for one file many times: Range requests),
+    in a temporary folder the service removes when it stops; one remux at a time."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._dir: Path | None = None
+        self._files: OrderedDict[tuple[str, int], Path] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Path:
+        """The MP4 of the archived video instance at ``path`` (DicomOrError: not one)."""
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="dicomweb_mp4_"))
+            folder = Path(tempfile.mkdtemp(dir=self._dir))
+            try:
+                self._files[key] = video_media.render_mp4(path, folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            while len(self._files) > self._size:
+                _, old = self._files.popitem(last=False)
+                shutil.rmtree(old.parent, ignore_errors=True)   # an open file stays readable
+            return self._files[key]
+
+    def close(self) -> None:
+        """Remove every cached file."""
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+            self._files.clear()

@@ -153,3 +153,41 @@ def write_test_video(path: str | Path, frames: int, width: int = 320, height: in
         writer.write(pattern.frame(index, time.time_ns()))
     writer.release()
     return path
+
+
+def write_recorded_instances(root: str | Path, frames: int = 20,
+                             seconds: float = 2.0) -> dict[str, Path]:
+    """A Video Endoscopic instance (real H.264 in MPEG-TS, as the recorder encodes it) and a
+    General ECG instance of one example session, stored at <root>/<study>/<series>/<sop>.dcm
+    as the recorder's archive lays them out: {"video": path, "ecg": path}."""
+    from dicom_or_core.iod.codec import PTS_HZ, PacketEncoder, choose_codec, mux_mpegts
+    from dicom_or_core.iod.video import build_video
+    from dicom_or_core.iod.waveform import build_waveform
+
+    session = example_session()
+    video, ecg = example_descriptor("video", session), example_descriptor("ecg", session)
+    t0 = now_ns()
+    stamps = [t0 + round(i * 1e9 / video.nominal_rate_hz) for i in range(frames)]
+    choice = choose_codec(video.rows, video.columns, video.nominal_rate_hz)
+    encoder = PacketEncoder(choice, video.rows, video.columns, video.pixel_encoding,
+                            video.nominal_rate_hz)
+    packets = []
+    for i, stamp in enumerate(stamps):
+        packets += encoder.encode(synthetic_rgb(video.rows, video.columns, i),
+                                  round((stamp - t0) * PTS_HZ / 1e9))
+    packets += encoder.flush()
+    ts = mux_mpegts(choice, video.rows, video.columns, video.nominal_rate_hz, packets)
+    n = int(seconds * ecg.sampling_frequency_hz)
+    datasets = {
+        "video": (video, build_video(video, ts, choice, stamps, new_uid(), 1, t0)),
+        "ecg": (ecg, build_waveform(ecg, synthetic_waveform(n, len(ecg.channels)), t0,
+                                    new_uid())),
+    }
+    paths = {}
+    for name, (descriptor, ds) in datasets.items():
+        path = Path(root) / session.study.study_instance_uid / \
+            descriptor.series_instance_uid / f"{ds.SOPInstanceUID}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths[name] = path
+    return paths
