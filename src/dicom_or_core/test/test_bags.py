@@ -7,6 +7,7 @@ stream recorders, with dciodvfy and Orthanc, is tested in dicom_or_bringup (test
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from pydicom import dcmwrite
 
 from dicom_or_core.bags.plan import estimate_rate, load_stream_specs
 from dicom_or_core.bags.reader import Bag
-from dicom_or_core.bags.to_dicom import ConvertOptions, make_plans
+from dicom_or_core.bags.to_dicom import ConvertOptions, make_plans, prefetched
 from dicom_or_core.bags.to_mcap import export_study
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.waveform import build_waveform
@@ -306,3 +307,31 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(DicomOrError, match="^input: "):
         export_study(tmp_path / "nothing", tmp_path / "out", b.MSG_DIRS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study", "taken"]
+
+
+def test_prefetch_hands_over_errors_and_stops_with_its_consumer():
+    def failing():
+        yield 1
+        yield 2
+        raise DicomOrError("bag", "cannot be read: truncated")
+
+    got = []
+    with pytest.raises(DicomOrError, match="truncated"):
+        for item in prefetched(failing(), depth=1):
+            got.append(item)
+    assert got == [1, 2]
+    produced = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    before = threading.active_count()
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()   # joins the producer: it stopped at its bounded lead
+    assert threading.active_count() == before
+    assert len(produced) <= 3 + 2 + 1

@@ -17,12 +17,14 @@ output never holds a half-written file, and a failed conversion leaves nothing b
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dicom_or_core.archive.spool import FINAL, Spool
 from dicom_or_core.bags.plan import (
@@ -34,6 +36,7 @@ from dicom_or_core.bags.plan import (
     STREAM_DESCRIPTOR,
     PlainTopic,
     ProjectTopic,
+    Sample,
     TopicPlan,
     estimate_rate,
     from_message,
@@ -43,6 +46,9 @@ from dicom_or_core.bags.reader import Bag
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
 
+T = TypeVar("T")
+# Messages read and decoded ahead of the encoder (a 1080p RGB frame is 6 MB).
+PREFETCH = 8
 # A plain topic's nominal rate is measured on its first messages.
 RATE_SAMPLE_MESSAGES = 100
 # (descriptor, spool) -> a stream recorder of the descriptor's kind.
@@ -204,6 +210,54 @@ def convert_bag(bag: Bag, output: str | Path, recorder_for: RecorderFactory,
     return report
 
 
+def _decoded(bag: Bag, plans: dict[str, TopicPlan]
+             ) -> Iterator[tuple[str, Sample | None | Exception]]:
+    """(topic, sample | None | the sample's error) of every message, in log-time order."""
+    for topic, log_ns, msg in bag.messages(plans):
+        try:
+            yield topic, plans[topic].sample(log_ns, msg)
+        except (DicomOrError, ValueError) as exc:
+            yield topic, exc
+
+
+def prefetched(items: Iterator[T], depth: int = PREFETCH) -> Iterator[T]:
+    """``items`` produced on a thread of their own, up to ``depth`` ahead of the consumer:
+    reading the bag and decoding the next frames (cv2 and the decompressors release the
+    GIL) overlap with encoding the current one. An error of the producer is raised here;
+    a consumer that stops early stops the producer."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="bag-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = slots.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def _run(bag: Bag, plans: dict[str, TopicPlan], spool: Spool, recorder_for: RecorderFactory,
          report: ConvertReport, progress: ProgressCallback | None) -> dict[tuple[str, str],
                                                                            Any]:
@@ -212,25 +266,24 @@ def _run(bag: Bag, plans: dict[str, TopicPlan], spool: Spool, recorder_for: Reco
     total = sum(bag.topics[t].count for t in plans)
     for topic, plan in plans.items():
         report.topics[topic] = TopicReport(topic, ctx.KIND_NAMES[ctx.StreamKind(plan.kind)])
-    done = 0
-    frames = 0
-    for topic, log_ns, msg in bag.messages(plans):
+    done = frames = 0
+    for topic, sample in prefetched(_decoded(bag, plans)):
         entry = report.topics[topic]
         entry.messages += 1
         done += 1
         try:
-            sample = plans[topic].sample(log_ns, msg)
-            if sample is None:
-                # a project sample of a Series the bag latched no descriptor for
-                entry.unknown_series += isinstance(plans[topic], ProjectTopic)
-                continue
-            key = (topic, sample.series_key)
-            recorder = recorders.get(key)
-            if recorder is None:
-                recorder = recorders[key] = recorder_for(
-                    plans[topic].descriptors[sample.series_key], spool)
-            recorder.feed(*sample.args)
-            frames += plans[topic].kind == ctx.KIND_VIDEO
+            if isinstance(sample, Exception):
+                raise sample
+            if sample is not None:
+                key = (topic, sample.series_key)
+                recorder = recorders.get(key)
+                if recorder is None:
+                    recorder = recorders[key] = recorder_for(
+                        plans[topic].descriptors[sample.series_key], spool)
+                recorder.feed(*sample.args)
+                frames += plans[topic].kind == ctx.KIND_VIDEO
+            elif isinstance(plans[topic], ProjectTopic):
+                entry.unknown_series += 1  # a Series the bag latched no descriptor for
         except (DicomOrError, ValueError) as exc:
             entry.refused += 1
             entry.first_error = entry.first_error or str(exc)
