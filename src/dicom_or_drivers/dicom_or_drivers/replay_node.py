@@ -32,6 +32,7 @@ from rclpy.node import Node
 
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_core.replay.pull import pull_study
 from dicom_or_core.replay.schedule import ReplayOptions, play
 from dicom_or_core.replay.sources import (
     PoseSample as RecordedPose,
@@ -149,6 +150,8 @@ class ReplayNode(Node):
         # Every parameter, its type, default and rule: replay_parameters.yaml.
         p = self.params = load_parameters(self, "dicom_or_drivers", "replay_parameters.yaml")
         remaps = parse_remaps(list(p.topic_remap))
+        if p.pacs_port:
+            self._pull()
         self.study = load_study(p.input, p.study_instance_uid, p.topic_prefix)
         remap_topics(self.study, remaps)
         for series in self.study.series:
@@ -180,6 +183,21 @@ class ReplayNode(Node):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
         self._thread.start()
+
+    def _pull(self) -> None:
+        """C-GET the study from the PACS into ``input`` (PS3.4 C.4.3)."""
+        p = self.params
+        if not p.input:
+            raise DicomOrError("input", "is required: the folder the pulled study goes to")
+        if not p.study_instance_uid:
+            raise DicomOrError("study_instance_uid", "is required to pull a study from a "
+                               "PACS (pacs_port > 0)")
+        self.get_logger().info(f"pulling Study {p.study_instance_uid} from "
+                               f"{p.pacs_ae_title}@{p.pacs_host}:{p.pacs_port} into {p.input}")
+        result = pull_study(p.pacs_host, p.pacs_port, p.pacs_ae_title, p.study_instance_uid,
+                            p.input, p.calling_ae_title, p.pacs_timeout_s)
+        self.get_logger().info(f"pulled {len(result.files)} instances ({result.failed} "
+                               "sub-operations failed: SOP Classes that are no stream)")
 
     # --- replay loop ---------------------------------------------------------------------
 

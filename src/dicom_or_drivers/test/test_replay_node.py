@@ -182,6 +182,9 @@ def test_console_script_loops_and_stops_cleanly_on_ctrl_c(recording):
     (["input:={root}", "topic_remap:=[nonsense]"], "topic_remap"),
     (["input:={root}", "study_instance_uid:=1.2.3"], "study_instance_uid"),
     (["input:={root}", "start_offset_s:=60.0"], "start_offset_s"),
+    (["input:={root}", "pacs_port:=9"], "study_instance_uid"),
+    (["input:={root}", "pacs_port:=9", "study_instance_uid:=1.2.3", "pacs_timeout_s:=2.0"],
+     "pacs: cannot pull the study"),
 ])
 def test_bad_parameters_are_one_line_and_exit_1(recording, args, name):
     args = [a.format(root=recording["root"]) for a in args]
