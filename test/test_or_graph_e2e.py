@@ -42,7 +42,7 @@ def test_or_graph_discovered_by_findscu_and_recorded_valid(ros_env, tmp_path):
         # Let the recorder record a few seconds of every stream.
         time.sleep(6)
         nodes = children_of(graph.pid)
-        assert len(nodes) == 6
+        assert len(nodes) == 7   # 6 + the OR view
     finally:
         code, log = stop(graph) if graph.poll() is None else (graph.returncode, "")
     assert code == 0, log

@@ -89,11 +89,13 @@ def test_every_launch_file_resolves_with_defaults_to_installed_nodes():
 def test_or_demo_has_every_node_and_conditions_switch_them_off():
     names = {n.fully_qualified_name for n in graph.resolve("or_demo")}
     assert names == {"/or/endoscope", "/or/tracker", "/or/patient_monitor",
-                     "/or/session_context", "/or/dicom_bridge", "/or/recorder"}
+                     "/or/session_context", "/or/dicom_bridge", "/or/recorder",
+                     "/or/or_view"}
     # launch's rule: true/1, false/0, any case
     fewer = {n.name for n in graph.resolve("or_demo", {"use_recorder": "false",
                                                         "use_tracker": "0",
-                                                        "use_monitor": "False"})}
+                                                        "use_monitor": "False",
+                                                        "use_view": "false"})}
     assert fewer == {"endoscope", "session_context", "dicom_bridge"}
 
 
