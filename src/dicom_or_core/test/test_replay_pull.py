@@ -14,7 +14,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from test_replay_sources import recording  # noqa: F401 (the module fixture)
 
 from dicom_or_core.model.errors import DicomOrError
-from dicom_or_core.replay.pull import STREAM_CLASSES, TRANSFER_SYNTAXES, pull_study
+from dicom_or_core.replay.pull import REQUESTED_CLASSES, TRANSFER_SYNTAXES, pull_study
 from dicom_or_core.replay.sources import load_study
 
 
@@ -36,7 +36,7 @@ def pacs(recording):  # noqa: F811
     ae = AE(ae_title="PACS")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
     for context in StoragePresentationContexts:
-        if context.abstract_syntax in STREAM_CLASSES:
+        if context.abstract_syntax in REQUESTED_CLASSES:
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
                                      scu_role=True, scp_role=True)
     port = free_tcp_port()
@@ -52,11 +52,9 @@ def test_a_study_is_pulled_file_for_file_and_replays(pacs, recording, tmp_path):
     port, files = pacs
     study_uid = recording["session"].study.study_instance_uid
     result = pull_study("127.0.0.1", port, "PACS", study_uid, tmp_path / "pulled")
-    # Every stream instance (the snapshot's SOP Class is not asked for).
-    wanted = [p for p in files if pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID
-              in STREAM_CLASSES]
-    assert len(result.files) == len(wanted) == result.completed
-    for original in wanted:
+    # Every instance of the study, the video's snapshot included.
+    assert len(result.files) == len(files) == result.completed and result.status == 0
+    for original in files:
         copy = tmp_path / "pulled" / original.relative_to(recording["root"])
         assert copy.is_file()
         assert pydicom.dcmread(original) == pydicom.dcmread(copy)  # Pixel Data included
@@ -72,3 +70,28 @@ def test_unknown_study_or_absent_pacs_is_one_error(pacs, tmp_path):
         pull_study("127.0.0.1", free_tcp_port(), "PACS", "1.2.3.4", tmp_path, timeout_s=2)
     with pytest.raises(DicomOrError, match="study_instance_uid"):
         pull_study("127.0.0.1", port, "PACS", "", tmp_path)
+
+
+def test_a_study_is_pulled_from_orthanc_and_replays(recording, tmp_path):  # noqa: F811
+    """End to end against a real PACS: Orthanc's C-GET SCP."""
+    import urllib.request
+
+    from dicom_or_test_common.peers import Orthanc
+
+    with Orthanc(tmp_path / "orthanc").start() as orthanc:
+        for path in sorted(Path(recording["root"]).rglob("*.dcm")):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{orthanc.http_port}/instances", data=path.read_bytes(),
+                method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        study_uid = recording["session"].study.study_instance_uid
+        result = pull_study("127.0.0.1", orthanc.dicom_port, orthanc.aet, study_uid,
+                            tmp_path / "pulled")
+    original, pulled = load_study(recording["root"]), load_study(tmp_path / "pulled")
+    assert len(result.files) == sum(len(s.instances) for s in original.series) + 1
+    assert result.failed == 0
+    assert [s.descriptor for s in original.series] == [s.descriptor for s in pulled.series]
+    first = next(s for s in pulled.series if s.descriptor.modality == "ES")
+    assert len(list(first.samples())) == len(list(original.series[
+        [s.descriptor.modality for s in original.series].index("ES")].samples()))

@@ -196,8 +196,11 @@ class ReplayNode(Node):
                                f"{p.pacs_ae_title}@{p.pacs_host}:{p.pacs_port} into {p.input}")
         result = pull_study(p.pacs_host, p.pacs_port, p.pacs_ae_title, p.study_instance_uid,
                             p.input, p.calling_ae_title, p.pacs_timeout_s)
-        self.get_logger().info(f"pulled {len(result.files)} instances ({result.failed} "
-                               "sub-operations failed: SOP Classes that are no stream)")
+        self.get_logger().info(f"pulled {len(result.files)} instances")
+        if result.failed:
+            self.get_logger().warning(f"{result.failed} instances of the study were not "
+                                      f"sent (C-GET status 0x{result.status:04X}): SOP "
+                                      "Classes that are no recorded stream")
 
     # --- replay loop ---------------------------------------------------------------------
 

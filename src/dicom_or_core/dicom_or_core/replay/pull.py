@@ -2,7 +2,8 @@
 
 Study Root C-GET at STUDY level (PS3.4 C.4.3): the PACS sends every instance of the study on
 the same association as C-STORE sub-operations, for which this SCU proposes the SCP role
-(PS3.7 D.3.3.4 SCP/SCU Role Selection) for every SOP Class a recording holds. Each instance
+(PS3.7 D.3.3.4 SCP/SCU Role Selection) for every SOP Class a recording holds (streams and
+snapshots). Each instance
 is received into a file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``: never decoded nor held
 whole in memory) and copied file to file into ``<folder>/<Study>/<Series>/<SOP>.dcm``, the
 recorder's layout that :func:`dicom_or_core.replay.sources.load_study` reads.
@@ -27,7 +28,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import _config, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pynetdicom.sop_class import (
+    SecondaryCaptureImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    VLEndoscopicImageStorage,
+)
 
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.vr import check_ui
@@ -35,20 +40,25 @@ from dicom_or_core.replay.sources import POSE_CLASSES, VIDEO_CLASSES, WAVEFORM_C
 from dicom_or_core.scu.association import AssociationFailed, associated, client_ae
 
 STREAM_CLASSES = (*VIDEO_CLASSES, *WAVEFORM_CLASSES, *POSE_CLASSES)
+# The recorder's snapshots share the video's Series: taken too, so the whole recorded study
+# comes across (the replay skips them) and a PACS has no sub-operation to fail.
+SNAPSHOT_CLASSES = (VLEndoscopicImageStorage, SecondaryCaptureImageStorage)
+REQUESTED_CLASSES = (*STREAM_CLASSES, *SNAPSHOT_CLASSES)
 # What the recorder writes: video in MPEG-4 / HEVC / MPEG-2 (encapsulated) or native, the
 # rest in Explicit VR Little Endian; Implicit VR for a PACS that converts. 3 video classes x
-# 7 syntaxes + 5 x 1 + the C-GET context: 27 of the 128 presentation contexts (PS3.8 9.3.2).
+# 7 syntaxes + 7 x 1 + the C-GET context: 29 of the 128 presentation contexts (PS3.8 9.3.2).
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, MPEG4HP41, MPEG4HP422D,
                      HEVCMP51, MPEG2MPML, MPEG2MPHL]
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA702
-WARNING_STATUSES = (0xB000,)
 
 
 @dataclass
 class PullResult:
-    """What a C-GET brought: the files written and the sub-operations the PACS counted."""
+    """What a C-GET brought: the files written, the final status and the sub-operations
+    the PACS counted (failed ones: instances of SOP Classes not asked for)."""
 
     files: list[Path] = field(default_factory=list)
+    status: int = SUCCESS
     completed: int = 0
     failed: int = 0
     warning: int = 0
@@ -94,7 +104,7 @@ def pull_study(host: str, port: int, called_ae_title: str, study_instance_uid: s
     root = Path(folder)
     ae = client_ae(calling_ae_title, timeout_s)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in STREAM_CLASSES:
+    for sop_class in REQUESTED_CLASSES:
         if sop_class in VIDEO_CLASSES:
             # One context per transfer syntax: an acceptor takes one syntax per context,
             # and a video can only be sent in the one it was encoded in.
@@ -102,7 +112,7 @@ def pull_study(host: str, port: int, called_ae_title: str, study_instance_uid: s
                 ae.add_requested_context(sop_class, syntax)
         else:
             ae.add_requested_context(sop_class, TRANSFER_SYNTAXES[:2])
-    roles = [build_role(sop_class, scp_role=True) for sop_class in STREAM_CLASSES]
+    roles = [build_role(sop_class, scp_role=True) for sop_class in REQUESTED_CLASSES]
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_instance_uid
@@ -126,8 +136,10 @@ def pull_study(host: str, port: int, called_ae_title: str, study_instance_uid: s
     result.completed = int(last.get("NumberOfCompletedSuboperations", len(result.files)))
     result.failed = int(last.get("NumberOfFailedSuboperations", 0))
     result.warning = int(last.get("NumberOfWarningSuboperations", 0))
-    code = int(last.Status)
-    if code not in (SUCCESS, *WARNING_STATUSES) or not result.files:
+    result.status = code = int(last.Status)
+    # Some sub-operations failed (B000, or C000 from PACSs that report it so): what came is
+    # replayed; nothing at all is an error.
+    if not result.files:
         raise DicomOrError("pacs", f"C-GET of the study ended with status 0x{code:04X}, "
                            f"{len(result.files)} instances received", study_instance_uid)
     return result
