@@ -7,6 +7,8 @@ ffmpeg is test/test_convert_1080p.py.)"""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 import yaml
 from dicom_or_test_common import bags as b
 from dicom_or_test_common.examples import example_descriptor, example_session
-from dicom_or_test_common.peers import Orthanc, dciodvfy, have
+from dicom_or_test_common.peers import Orthanc, dciodvfy, free_tcp_port, have
 
 from dicom_or_bringup.convert_tool import main
 from dicom_or_core.iod.pose import read_pose_sr
@@ -211,3 +213,43 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case):
     assert len(lines) == 1 and lines[0].startswith("dicom_or_convert: "), captured.err
     assert "Traceback" not in captured.err and captured.out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_patient_and_study_from_the_modality_worklist(tmp_path, capsys):
+    worklist = tmp_path / "worklist" / "WORKLIST"
+    worklist.mkdir(parents=True)
+    (worklist / "lockfile").touch()  # wlmscpfs locks the folder through this file
+    for dump in sorted((Path(__file__).resolve().parents[3] / "config" / "worklist")
+                       .glob("*.dump")):
+        subprocess.run(["dump2dcm", "--write-dataset", str(dump),
+                        str(worklist / (dump.stem + ".wl"))], check=True,
+                       capture_output=True, timeout=30)
+    port = free_tcp_port()
+    scp = subprocess.Popen(["wlmscpfs", "--single-process", "-dfp", str(worklist.parent),
+                            str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until wlmscpfs accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and scp.poll() is None, "wlmscpfs down"
+                time.sleep(0.05)
+        bag = b.write_bag(tmp_path / "bag", [
+            b.pose_stamped("/tool", T0 + i * 10_000_000, (0.0, 0.0, i * 0.01),
+                           (0, 0, 0, 1)) for i in range(20)])
+        where = ["--worklist", f"127.0.0.1:{port}", "--worklist-aet", "WORKLIST", "--quiet"]
+        # Two cases scheduled: the converter does not guess which one the bag is.
+        assert main([str(bag), str(tmp_path / "out"), *where]) == 1
+        assert "worklist: 2 matching items" in capsys.readouterr().err
+        assert main([str(bag), str(tmp_path / "out"), *where,
+                     "--accession", "ACC-20241124-02"]) == 0
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    (path,) = instances(tmp_path / "out")
+    ds = pydicom.dcmread(path)
+    assert (ds.PatientID, ds.AccessionNumber) == ("P-000456", "ACC-20241124-02")
+    assert ds.ReferencedRequestSequence[0].AccessionNumber == "ACC-20241124-02"
+    check_valid([path])
