@@ -21,6 +21,7 @@ from pydicom import dcmwrite
 
 from dicom_or_core.bags.plan import estimate_rate, load_stream_specs
 from dicom_or_core.bags.reader import Bag
+from dicom_or_core.bags.recording import BagRecorder
 from dicom_or_core.bags.to_dicom import ConvertOptions, make_plans, prefetched
 from dicom_or_core.bags.to_mcap import export_study
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
@@ -335,3 +336,41 @@ def test_prefetch_hands_over_errors_and_stops_with_its_consumer():
     stream.close()   # joins the producer: it stopped at its bounded lead
     assert threading.active_count() == before
     assert len(produced) <= 3 + 2 + 1
+
+
+def test_live_bag_recorder_writes_a_rosbag2_mcap_from_several_threads(tmp_path):
+    session, (video, ecg, pose), messages = project_messages()
+    recorder = BagRecorder(tmp_path / "bags", b.MSG_DIRS, name="run1")
+    groups = {}
+    for m in messages:
+        groups.setdefault(m[0], []).append(m)
+
+    def write(topic_messages):
+        for topic, msgtype, log_ns, values in topic_messages:
+            recorder.write(topic, msgtype, log_ns, bytes(b.STORE.serialize_cdr(
+                b.make_message(b.STORE, msgtype, values), msgtype)))
+
+    threads = [threading.Thread(target=write, args=(g,)) for g in groups.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    with pytest.raises(DicomOrError, match="no definition of the message type"):
+        recorder.write("/x", "nobody/msg/Unknown", T0, b"\0\1\0\0")
+    assert recorder.close() == tmp_path / "bags" / "run1"
+    recorder.write(pose.topic, "dicom_or_msgs/msg/PoseSample", T0, b"")  # after close: dropped
+    assert recorder.messages == len(messages)
+    with Bag(tmp_path / "bags" / "run1", b.MSG_DIRS) as bag:
+        assert {t: i.count for t, i in bag.topics.items()} == {
+            t: len(g) for t, g in groups.items()}
+        plans = make_plans(bag, ConvertOptions())
+        assert samples_by_topic(bag, plans)[video.topic][4].args[1] == T0 + 4 * PERIOD
+    (mcap_file,) = (tmp_path / "bags" / "run1").glob("*.mcap")
+    with open(mcap_file, "rb") as fp:
+        reader = make_reader(fp, decoder_factories=[DecoderFactory()])
+        decoded = [(c.topic, m) for _, c, _, m in reader.iter_decoded_messages()]
+    assert len(decoded) == len(messages)
+    assert [m.tool_id for t, m in decoded if t == pose.topic][:1] == ["pointer"]
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(DicomOrError, match="^mcap_output: cannot create the bag"):
+        BagRecorder(tmp_path / "file", b.MSG_DIRS)
