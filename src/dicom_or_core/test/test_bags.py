@@ -374,3 +374,27 @@ def test_live_bag_recorder_writes_a_rosbag2_mcap_from_several_threads(tmp_path):
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(DicomOrError, match="^mcap_output: cannot create the bag"):
         BagRecorder(tmp_path / "file", b.MSG_DIRS)
+
+
+def test_project_topic_without_descriptor_is_described_by_the_stream_yaml(tmp_path):
+    _, (video, ecg, pose), messages = project_messages()
+    bare = [m for m in messages if not m[0].endswith("/descriptor")
+            and m[0] != "/or/session_context"]
+    spec = {"modality": "ECG", "sampling_frequency_hz": 500.0,
+            "channels": [{"label": f"L{k}", "source_code_value": "2:1",
+                          "source_coding_scheme": "MDC", "unit_ucum": "uV",
+                          "sensitivity": 1.0} for k in range(3)]}
+    with Bag(b.write_bag(tmp_path / "bare", bare), b.MSG_DIRS) as bag:
+        plans = make_plans(bag, ConvertOptions(topics=[ecg.topic, video.topic],
+                                               streams={ecg.topic: spec,
+                                                        video.topic: {"modality": "ES"}}))
+        samples = samples_by_topic(bag, plans)
+    (d,) = plans[ecg.topic].descriptors.values()
+    # The chunk's own Series UID, the YAML's channels and rate.
+    assert d.series_instance_uid == ecg.series_instance_uid
+    assert [c.label for c in d.channels] == ["L0", "L1", "L2"]
+    assert d.sampling_frequency_hz == 500.0 and d.kind == ctx.KIND_WAVEFORM
+    assert samples[ecg.topic][0].args[0].shape == (50, 3)
+    (v,) = plans[video.topic].descriptors.values()
+    assert (v.modality, v.rows, v.columns, v.pixel_encoding) == ("ES", 240, 320, "rgb8")
+    assert len(samples[video.topic]) == 5

@@ -40,6 +40,7 @@ import yaml
 
 from dicom_or_core.iod.common import ns_to_da_tm
 from dicom_or_core.model import context as ctx
+from dicom_or_core.model import vr
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.pixels import frame_pixels
 from dicom_or_core.model.uid import new_stream_uuid, new_uid
@@ -156,7 +157,11 @@ class TopicPlan:
 
 
 class ProjectTopic(TopicPlan):
-    """A stream of the project's own sample messages, described by its latched descriptor."""
+    """A stream of the project's own sample messages, described by its latched descriptor,
+    or -- a bag without it -- by the stream YAML (``fallback``), e.g. a ``WaveformChunk``
+    topic with a user-supplied channel description."""
+
+    fallback: PlainTopic | None = None
 
     def add_descriptor(self, msg: Any, override: ctx.SessionContext | None) -> None:
         """A descriptor read from ``<topic>/descriptor``."""
@@ -170,7 +175,9 @@ class ProjectTopic(TopicPlan):
         c = msg.context
         key = c.series_instance_uid
         if key not in self.descriptors:
-            return None  # no descriptor for this Series in the bag: counted by the caller
+            if self.fallback is None:
+                return None  # no descriptor for this Series in the bag: counted by the caller
+            self.descriptors[key] = self.fallback.describe(msg, key)
         acquired = stamp_ns(c.acquisition_time)
         if self.kind == ctx.KIND_VIDEO:
             d = self.descriptors[key]
@@ -235,8 +242,26 @@ class PlainTopic(TopicPlan):
         return (np.array([c.sensitivity * c.sensitivity_correction for c in channels]),
                 np.array([c.baseline for c in channels]))
 
+    def describe(self, msg: Any, series_uid: str) -> ctx.StreamDescriptor:
+        """The YAML's descriptor for a project sample message of Series ``series_uid``
+        whose descriptor the bag does not hold (that Series UID kept when it is one)."""
+        c = msg.context
+        shape: tuple[int, ...] = ()
+        if self.kind == ctx.KIND_VIDEO:
+            shape = (int(msg.image.height), int(msg.image.width))
+        tools = [msg.tool_id] if self.kind == ctx.KIND_POSE else []
+        d = self._descriptor(stamp_ns(c.acquisition_time), c.header, shape,
+                             str(getattr(getattr(msg, "image", None), "encoding", "")), tools)
+        try:
+            vr.check_ui("series_instance_uid", series_uid)
+            vr.require("series_instance_uid", series_uid)
+        except DicomOrError:
+            return d
+        return dataclasses.replace(d, series_instance_uid=series_uid)
+
     def _descriptor(self, stamp: int, header: Any, shape: tuple[int, ...] = (),
-                    encoding: str = "") -> ctx.StreamDescriptor:
+                    encoding: str = "", tool_ids: Sequence[str] = ()
+                    ) -> ctx.StreamDescriptor:
         da, tm = ns_to_da_tm(stamp)
         values: dict[str, Any] = {
             "stream_uuid": new_stream_uuid(), "kind": self.kind, "topic": self.topic,
@@ -249,7 +274,7 @@ class PlainTopic(TopicPlan):
         if self.kind == ctx.KIND_VIDEO:
             values.update(rows=shape[0], columns=shape[1], pixel_encoding=encoding)
         elif self.kind == ctx.KIND_POSE:
-            values["tool_ids"] = [self.tool_id]
+            values["tool_ids"] = list(tool_ids) or [self.tool_id]
         values.update(self.spec)
         if self.kind == ctx.KIND_WAVEFORM:
             values["nominal_rate_hz"] = values["sampling_frequency_hz"]

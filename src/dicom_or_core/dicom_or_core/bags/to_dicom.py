@@ -165,9 +165,17 @@ def make_plans(bag: Bag, options: ConvertOptions) -> dict[str, TopicPlan]:
         assert isinstance(plan, ProjectTopic)
         plan.add_descriptor(msg, options.session)
     for plan in plans.values():
-        if isinstance(plan, ProjectTopic) and not plan.descriptors:
+        if not isinstance(plan, ProjectTopic) or plan.descriptors:
+            continue
+        if plan.topic not in options.streams:
             raise DicomOrError("topic", f"has no descriptor latched on {plan.topic}"
-                               f"{DESCRIPTOR_SUFFIX} in the bag", plan.topic)
+                               f"{DESCRIPTOR_SUFFIX} in the bag nor in the stream YAML",
+                               plan.topic)
+        plan.fallback = PlainTopic(plan.topic, plan.msgtype, plan.kind,
+                                   options.streams[plan.topic], session,
+                                   estimate_rate(bag.log_times(plan.topic,
+                                                               RATE_SAMPLE_MESSAGES)), number)
+        number += 1
     return plans
 
 
