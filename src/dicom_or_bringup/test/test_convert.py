@@ -171,6 +171,8 @@ def test_project_bag_keeps_its_series_and_survives_dicom_mcap_dicom(tmp_path, ca
                        atol=1e-6)
     assert got[ecg.series_instance_uid][0].StudyInstanceUID == \
         video.session.study.study_instance_uid
+    index = orthanc_indexes(instances(first), tmp_path / "orthanc")
+    assert len(index["series"]) == 3 and len(index["instances"]) == 6
     # DICOM -> MCAP (rosbag2) -> DICOM: the same samples again.
     exported = tmp_path / "exported"
     assert main(["--to-mcap", str(first), str(exported), "--quiet"]) == 0

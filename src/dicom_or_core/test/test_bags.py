@@ -6,6 +6,7 @@ stream recorders, with dciodvfy and Orthanc, is tested in dicom_or_bringup (test
 
 from __future__ import annotations
 
+import io
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ from mcap_ros2.decoder import DecoderFactory
 from pydicom import dcmwrite
 
 from dicom_or_core.bags.plan import estimate_rate, load_stream_specs
+from dicom_or_core.bags.progress import ProgressBar
 from dicom_or_core.bags.reader import Bag
 from dicom_or_core.bags.recording import BagRecorder
 from dicom_or_core.bags.to_dicom import ConvertOptions, make_plans, prefetched
@@ -398,3 +400,20 @@ def test_project_topic_without_descriptor_is_described_by_the_stream_yaml(tmp_pa
     (v,) = plans[video.topic].descriptors.values()
     assert (v.modality, v.rows, v.columns, v.pixel_encoding) == ("ES", 240, 320, "rgb8")
     assert len(samples[video.topic]) == 5
+
+
+def test_progress_bar_lines_without_a_terminal():
+    out = io.StringIO()
+    bar = ProgressBar("convert", out)
+    for done in range(1, 101):
+        bar(done, 100, done)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 11   # 1 %, then every 10 %
+    assert lines[-1].startswith("convert [" + "#" * 30 + "] 100% 100/100 msgs")
+    unknown = io.StringIO()
+    counter = ProgressBar("export", unknown)
+    for done in range(1, 12001):
+        counter(done, 0, 0)
+    assert [line.split()[1] for line in unknown.getvalue().splitlines()] == [
+        "1", "5000", "10000"]
