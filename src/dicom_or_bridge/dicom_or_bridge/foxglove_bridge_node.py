@@ -6,7 +6,8 @@ one channel per ROS topic and a few derived ones. Wiring only; schemas and encod
 
 * **Raw channels.** Every ``discovery_period_s`` the node lists the graph's streams
   (:func:`dicom_or_ros.graph.discover_streams`), their latched descriptors, the session
-  context and the device status (or the ``topics`` given), and subscribes to each with a
+  context, the device status and any other topic of a ``dicom_or_msgs`` type (the
+  recorder's status) (or the ``topics`` given), and subscribes to each with a
   profile adapted to its publishers (:func:`dicom_or_ros.qos.adapt_request_to_offers`, as
   rosbag2 records). Messages are taken serialized (``raw=True``) and forwarded as they came:
   channel encoding ``cdr``, schema encoding ``ros2msg`` with the complete definition (the
@@ -94,6 +95,7 @@ _BASE_PROFILE = {
     "dicom_or_msgs/msg/StreamDescriptor": "descriptor",
     "dicom_or_msgs/msg/SessionContext": "descriptor",
 }
+_PROJECT_TYPES = "dicom_or_msgs/msg/"
 _VIDEO_SUFFIX = {"jpeg": "/compressed", "h264": "/h264"}
 
 
@@ -209,17 +211,22 @@ class FoxgloveBridge(Node):
 
     # --- discovery --------------------------------------------------------------------------
 
-    def _wanted(self) -> list[str]:
+    def _wanted(self, types: dict[str, list[str]]) -> list[str]:
+        """The ``topics`` given, or: the streams and their descriptors, the session context,
+        the device status, and any other topic of the project's interfaces (the recorder's
+        status, ...)."""
         if self.params.topics:
             return list(self.params.topics)
         names = [SESSION_CONTEXT_TOPIC, DEVICE_STATUS_TOPIC]
         for stream in discover_streams(self):
             names += [stream.topic, stream.descriptor_topic]
+        names += sorted(t for t, kinds in types.items()
+                        if any(k.startswith(_PROJECT_TYPES) for k in kinds))
         return names
 
     def _discover(self) -> None:
         types = dict(self.get_topic_names_and_types())
-        for topic in self._wanted():
+        for topic in self._wanted(types):
             if topic in self._forwards or topic in self._skipped or not types.get(topic) \
                     or self.count_publishers(topic) == 0:
                 continue

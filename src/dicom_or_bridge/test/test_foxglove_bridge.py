@@ -148,10 +148,11 @@ def _graph(**bridge_params: object) -> Iterator[Graph]:
         try:
             yield Graph(bridge, session, poses, context.domain)
         finally:
-            bridge.close()
             executor.shutdown(timeout_sec=5)
             spinner.join(timeout=10)
-            for node in nodes:
+            for node in reversed(nodes):  # as run_node stops a node: close(), then destroy
+                if hasattr(node, "close"):
+                    node.close()
                 node.destroy_node()
 
 
@@ -181,7 +182,14 @@ def _check_raw_channels(client: FoxgloveClient) -> None:
 def _check_poses(client: FoxgloveClient, graph: Graph) -> None:
     """Raw CDR decodes to what the tracker published; FrameTransforms match it in metres."""
     published = {(p.tool_id, p.context.sequence): p for p in list(graph.poses)}
-    decoded = [deserialize_message(m.payload, PoseSample) for m in client.on(POSES)]
+    received = client.on(POSES)
+    decoded = [deserialize_message(m.payload, PoseSample) for m in received]
+    latency_ms = [m.received_s * 1e3 - time_to_ns(d.context.acquisition_time) / 1e6
+                  for m, d in zip(received, decoded, strict=True)]
+    p50, p99 = np.percentile(latency_ms, [50, 99])
+    print(f"\nFoxglove {POSES}: {len(received)} PoseSample, latency acquisition -> client "
+          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    assert 0 < p50 and p99 < 500.0
     matched = [d for d in decoded if (d.tool_id, d.context.sequence) in published]
     assert len(matched) >= 20, (len(decoded), len(published))
     for sample in matched:

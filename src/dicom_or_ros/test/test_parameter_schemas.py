@@ -24,6 +24,7 @@ CONFIG_SCHEMAS = {
     "recorder.yaml": ["dicom_or_recorder/recorder_parameters.yaml"],
     "dicom_bridge.yaml": ["dicom_or_bridge/bridge_parameters.yaml"],
     "session_context.yaml": ["dicom_or_bridge/session_context_parameters.yaml"],
+    "foxglove.yaml": ["dicom_or_bridge/foxglove_parameters.yaml"],
     "video_driver.yaml": ["dicom_or_drivers/driver_parameters.yaml",
                           "dicom_or_drivers/video_parameters.yaml"],
     "tracker_driver.yaml": ["dicom_or_drivers/driver_parameters.yaml",
