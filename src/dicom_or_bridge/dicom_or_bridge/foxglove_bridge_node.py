@@ -296,25 +296,28 @@ class FoxgloveBridge(Node):
                 video.pending = data  # the worker takes the newest; an older one is dropped
                 self._lock.notify()
 
+    def _take_pending(self) -> list[tuple[_Video, bytes, bool]]:
+        """The pending frames (and whether each must be a keyframe), taken; under the lock."""
+        jobs = []
+        for forward in self._forwards.values():
+            video = forward.video
+            if video is not None and video.pending is not None:
+                jobs.append((video, video.pending, video.keyframe))
+                video.pending, video.keyframe = None, False
+        return jobs
+
     def _encode_loop(self) -> None:
         """Worker: deserialize, encode and send the pending frame of each video stream."""
         while True:
             with self._lock:
-                jobs = [(f.video, f.video.pending, f.video.keyframe)
-                        for f in self._forwards.values()
-                        if f.video is not None and f.video.pending is not None]
+                jobs = self._take_pending()
                 while not jobs and self._running:
                     self._lock.wait(0.5)
-                    jobs = [(f.video, f.video.pending, f.video.keyframe)
-                            for f in self._forwards.values()
-                            if f.video is not None and f.video.pending is not None]
+                    jobs = self._take_pending()
                 if not self._running:
                     return
-                for video, _, _ in jobs:
-                    video.pending, video.keyframe = None, False
             for video, data, keyframe in jobs:
-                if data is not None:
-                    self._send_frame(video, data, keyframe)
+                self._send_frame(video, data, keyframe)
 
     def _send_frame(self, video: _Video, data: bytes, keyframe: bool) -> None:
         try:

@@ -244,6 +244,8 @@ def test_every_channel_reaches_a_foxglove_client() -> None:
                 if channel["topic"] in derived:
                     assert (channel["encoding"], channel["schemaName"]) == \
                         ("protobuf", derived[channel["topic"]])
+            # Nothing is decoded or encoded for a channel nobody subscribed to.
+            assert graph.bridge._counters.frames == graph.bridge._counters.transforms == 0
             client.subscribe(client.channel_ids(topics))
             enough = {POSES: 60, POSES + "/transforms": 60, FRAMES + "/compressed": 6}
             assert client.wait_for(lambda c: _received_on_all(c, topics, enough), 30), \
