@@ -26,7 +26,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
 
-from dicom_or_bridge.foxglove_bridge_node import FoxgloveBridge
+from dicom_or_bridge.foxglove_bridge_node import FoxgloveBridge, message_class
 from dicom_or_bridge.foxglove_io import (
     DELIMITER,
     RateCap,
@@ -329,6 +329,25 @@ def test_late_viewer_gets_context_and_keyframe_and_a_killed_viewer_disturbs_noth
                 late.close()
         finally:
             first.close()
+
+
+def test_topics_given_are_the_only_channels_and_any_installed_type_works() -> None:
+    measured = "/or/tracker/pointer/measured_cp"  # geometry_msgs/PoseStamped, for rviz2
+    with _graph(topics=[POSES, measured], frame_transforms=False) as graph:
+        client = FoxgloveClient(graph.bridge.url)
+        try:
+            assert client.wait_for(lambda c: _advertised(c, {POSES, measured}), 30)
+            client.subscribe(list(client.channels))
+            assert client.wait_for(lambda c: len(c.on(measured)) >= 5, 20)
+            assert {c["topic"] for c in client.channels.values()} == {POSES, measured}
+            channel = next(c for c in client.channels.values() if c["topic"] == measured)
+            assert channel["schemaName"] == "geometry_msgs/msg/PoseStamped"
+            assert "MSG: std_msgs/msg/Header\n" in channel["schema"]
+            stamped = deserialize_message(client.on(measured)[-1].payload,
+                                          message_class(channel["schemaName"]))
+            assert stamped.header.frame_id == "tracker"
+        finally:
+            client.close()
 
 
 def _run(*parameters: str, domain: int) -> subprocess.CompletedProcess:
