@@ -15,7 +15,7 @@ SMALL_VIDEO = ["video_width:=640", "video_height:=480", "video_fps:=15.0"]
 def start_graph(env, output: Path, port: int, *arguments: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["dicom_or_launch", "or_demo", f"output_dir:={output}", f"bridge_port:={port}",
-         "dicomweb_port:=0", *SMALL_VIDEO, *arguments],
+         "dicomweb_port:=0", "view_port:=0", *SMALL_VIDEO, *arguments],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -34,7 +34,7 @@ def run_demo(env, workdir: Path, port: int, duration_s: float,
     bridge until the live streams (and ``want_archived`` archived series) are listed."""
     demo = subprocess.Popen(
         ["dicom_or_demo", "--duration", str(duration_s), f"bridge_port:={port}",
-         "dicomweb_port:=0", *SMALL_VIDEO],
+         "dicomweb_port:=0", "view_port:=0", *SMALL_VIDEO],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latencies, series = [], []
     try:

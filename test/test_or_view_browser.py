@@ -66,7 +66,9 @@ def test_or_view_in_chromium(ros_env, tmp_path):
                 f"request failed: {r.method} {r.url} {r.failure}"))
             page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}")
                     if r.status >= 400 else None)
-            page.goto(url)
+            # ?measure=1: the page also reads each drawn frame's capture time back from its
+            # pixels (the pattern's code band), a check on the time sent with the frame.
+            page.goto(url + "?measure=1")
 
             # The 4 live series, from QIDO-RS of the bridge.
             page.wait_for_function(
@@ -86,6 +88,11 @@ def test_or_view_in_chromium(ros_env, tmp_path):
                 f"Math.max(...Object.values(orView.frames)) >= {before + 10}", timeout=20000)
             ages = page.evaluate("orView.latency.slice(-10)")
             assert all(0 <= a < 5000 for a in ages), ages
+            sent, seen = page.evaluate("[orView.latency.length, orView.bandLatency.length]")
+            assert seen >= sent - 2, "the drawn frames' code band did not decode"
+            pairs = page.evaluate("orView.latency.slice(-10).map("
+                                  "(a, i) => [a, orView.bandLatency.slice(-10)[i]])")
+            assert all(abs(a - b) < 20 for a, b in pairs), pairs
 
             # The ECG trace moves.
             ecg = "#waves canvas[data-channel]"

@@ -6,7 +6,8 @@
 2. ``launch/or_demo.launch.yaml`` through :mod:`dicom_or_bringup.graph` (the file
    ``ros2 launch dicom_or_bringup or_demo.launch.yaml`` runs): endoscope, tracker, patient
    monitor, session context, DICOM bridge on 127.0.0.1:11112 (AE ``DICOM_OR``; DICOMweb at
-   http://127.0.0.1:8080/dicom-web), recorder writing to ``./recordings``.
+   http://127.0.0.1:8080/dicom-web), recorder writing to ``./recordings``, and the OR view
+   (dicom_or_view) whose URL, http://127.0.0.1:8090/, is printed.
 3. A live status table until Ctrl-C or ``--duration``.
 4. At the end: the bridge's C-FIND answer for the session (the streams as DICOM sees them),
    then, after an orderly stop, every recorded object with its dciodvfy verdict.
@@ -89,6 +90,16 @@ def dicomweb_url(given: dict[str, str]) -> str:
     return f"http://{given['bridge_host']}:{port or '<any free port>'}/dicom-web"
 
 
+def view_url(given: dict[str, str]) -> str:
+    """The OR view's page (launch/view.launch.yaml's defaults unless given), or "off"."""
+    if given.get("use_view", "true").lower() in ("false", "0"):
+        return "off"
+    host = given.get("view_host", "127.0.0.1")
+    host = "127.0.0.1" if host == "0.0.0.0" else host
+    port = int(given.get("view_port", "8090"))
+    return f"http://{host}:{port or '<any free port>'}/"
+
+
 def show_session(host: str, port: int, ae: str) -> bool:
     """Print the bridge's SERIES-level C-FIND answer (dicom_or_find)."""
     print(f"\n== The session as DICOM sees it: C-FIND SERIES at {ae}@{host}:{port} ==")
@@ -152,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: {len(specs)} nodes started, logs in {workdir / 'logs'}; bridge "
           f"{given['bridge_ae']}@{given['bridge_host']}:{given['bridge_port']}, DICOMweb "
           f"{dicomweb_url(given)}; Ctrl-C to stop")
+    print(f"demo: OR view (open in a browser): {view_url(given)}")
     stop = threading.Event()
     status_thread(dict(os.environ), stop)
     reason = wait(group, options.duration, signals)

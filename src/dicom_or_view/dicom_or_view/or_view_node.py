@@ -7,9 +7,9 @@ Wiring only (the web service is :mod:`dicom_or_view.server`, the conversions
 * every stream the graph carries (:func:`dicom_or_ros.graph.discover_streams`, every
   ``discovery_period_s``): its latched descriptor, then its samples, subscribed with what
   its publishers offer (:func:`dicom_or_ros.qos.adapt_request_to_offers`, as the recorder
-  and the bridge's snapshot do): video frames -> JPEG (only while a browser watches, the
-  newest frame only), waveform chunks -> physical values, poses -> millimetres (at most
-  ``pose_rate_hz`` per tool);
+  and the bridge's snapshot do): video frames -> JPEG (subscribed only while a browser
+  watches; the newest frame only), waveform chunks -> physical values, poses ->
+  millimetres (at most ``pose_rate_hz`` per tool);
 * the recorder's status (``recorder_status_topic``) -> Recorder panel, and its
   RecordControl service (``recorder_control_service``) behind the page's buttons;
 * the bridge's DICOMweb URL (``dicomweb_url``, or latched on ``dicomweb_url_topic``), which
@@ -132,6 +132,20 @@ class OrViewNode(Node):
                 self.destroy_subscription(stream.samples)
         if gone:
             self._publish_streams()
+        self._follow_video()
+
+    def _follow_video(self) -> None:
+        """Video frames are subscribed only while a browser watches: a 1080p30 stream is
+        180 MB/s of copies nobody would see."""
+        watched = self.server.has_clients()
+        for topic, stream in self._streams.items():
+            if stream.descriptor is None or stream.descriptor.kind != KIND_VIDEO:
+                continue
+            if watched and stream.samples is None:
+                self._subscribe(topic, stream)
+            elif not watched and stream.samples is not None:
+                self.destroy_subscription(stream.samples)
+                stream.samples = None
 
     def _on_descriptor(self, topic: str, msg: StreamDescriptorMsg) -> None:
         stream = self._streams.get(topic)
@@ -141,19 +155,24 @@ class OrViewNode(Node):
             stream.descriptor.series_instance_uid != msg.series_instance_uid
         stream.descriptor = msg
         stream.channels = live.channels_of(msg)
-        if stream.samples is None:
-            callbacks = {KIND_VIDEO: self._on_frame, KIND_POSE: self._on_pose,
-                         KIND_WAVEFORM: self._on_chunk}
-            try:
-                base = named_qos(msg.qos_profile or _KINDS[msg.kind], msg.nominal_rate_hz)
-            except DicomOrError:   # a profile this host's QoS file lacks: the kind's own
-                base = named_qos(_KINDS[msg.kind], msg.nominal_rate_hz)
-            stream.samples = self.create_subscription(
-                _MESSAGES[msg.kind], topic,
-                lambda sample, s=stream, cb=callbacks[msg.kind]: cb(s, sample),
-                adapt_request_to_offers(self, topic, base))
+        if stream.samples is None and (msg.kind != KIND_VIDEO or self.server.has_clients()):
+            self._subscribe(topic, stream)
         if changed:
             self._publish_streams()
+
+    def _subscribe(self, topic: str, stream: _Stream) -> None:
+        """Subscribe to the stream's samples with what its publishers offer."""
+        d = stream.descriptor
+        callbacks = {KIND_VIDEO: self._on_frame, KIND_POSE: self._on_pose,
+                     KIND_WAVEFORM: self._on_chunk}
+        try:
+            base = named_qos(d.qos_profile or _KINDS[d.kind], d.nominal_rate_hz)
+        except DicomOrError:   # a profile this host's QoS file lacks: the kind's own
+            base = named_qos(_KINDS[d.kind], d.nominal_rate_hz)
+        stream.samples = self.create_subscription(
+            _MESSAGES[d.kind], topic,
+            lambda sample, s=stream, cb=callbacks[d.kind]: cb(s, sample),
+            adapt_request_to_offers(self, topic, base))
 
     def _publish_streams(self) -> None:
         streams = []

@@ -9,9 +9,12 @@
 
 const orView = window.orView = {
   frames: {},        // series -> frames drawn
-  latency: [],       // capture -> drawn, ms (video)
+  latency: [],       // capture -> drawn, ms (video; capture time sent with the frame)
+  bandLatency: [],   // the same, read from the drawn pixels' code band (?measure=1)
+  measure: new URLSearchParams(location.search).has("measure"),
   waveLag: [],       // last sample's time -> drawn, ms (waveforms)
   messages: 0,
+  replaced: 0,       // frames replaced by a newer one before they were drawn
   session: null,
   recorder: null,
   streams: [],
@@ -197,7 +200,7 @@ function addVideo(s) {
   box.append(canvas, overlay);
   $("videos").appendChild(box);
   videos[s.series] = { canvas, overlay, description: s.description, busy: false,
-                       count: 0, since: performance.now(), fps: 0 };
+                       pending: null, count: 0, since: performance.now(), fps: 0 };
   orView.frames[s.series] = 0;
 }
 
@@ -206,17 +209,31 @@ function onFrame(buffer) {
   const length = view.getUint32(0, true);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
   const video = videos[header.series];
-  if (!video || video.busy) return;       // the newest frame wins; the next one comes soon
+  if (!video) return;
+  // One frame decodes at a time; a frame that arrives meanwhile waits, replaced by a newer
+  // one: the page shows the newest frame, never a queue of old ones.
+  if (video.pending) orView.replaced += 1;
+  video.pending = { header, jpeg: new Uint8Array(buffer, 4 + length) };
+  if (!video.busy) showFrame(video);
+}
+
+function showFrame(video) {
+  const { header, jpeg } = video.pending;
+  video.pending = null;
   video.busy = true;
-  const blob = new Blob([new Uint8Array(buffer, 4 + length)], { type: "image/jpeg" });
-  createImageBitmap(blob).then((bitmap) => {
+  createImageBitmap(new Blob([jpeg], { type: "image/jpeg" })).then((bitmap) => {
     const canvas = video.canvas;
     if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
       canvas.width = bitmap.width; canvas.height = bitmap.height;
     }
-    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    const g = canvas.getContext("2d", { willReadFrequently: orView.measure });
+    g.drawImage(bitmap, 0, 0);
     bitmap.close();
     const age = Date.now() - header.capture_ms;
+    if (orView.measure) {
+      const band = window.orBand.decode(g, canvas.width, header.width, header.height);
+      if (band) push(orView.bandLatency, Date.now() - band.ms);
+    }
     push(orView.latency, age);
     orView.frames[header.series] += 1;
     video.count += 1;
@@ -229,6 +246,7 @@ function onFrame(buffer) {
       `age ${age.toFixed(0)} ms, ${header.width}x${header.height}, ${video.fps.toFixed(1)} fps`;
   }).catch((error) => console.warn("frame:", error.message)).finally(() => {
     video.busy = false;
+    if (video.pending) showFrame(video);
   });
 }
 
@@ -302,11 +320,24 @@ function drawChannel(channel, tEnd) {
   if (canvas.width !== width || canvas.height !== height) {
     canvas.width = width; canvas.height = height;
   }
-  const g = canvas.getContext("2d");
-  g.fillStyle = "#0b0f12"; g.fillRect(0, 0, width, height);
   const pxPerMs = SWEEP_MM_PER_S * PX_PER_MM / 1000;
   const t0 = tEnd - width / pxPerMs;
   const scale = scaleFor(channel, t0);
+  // The grid changes only with the size or the scale: drawn once, then copied.
+  const key = `${width}x${height}:${scale.paper}:${scale.lo}:${scale.hi}:${scale.grid}`;
+  if (channel.gridKey !== key) {
+    channel.grid = channel.grid || document.createElement("canvas");
+    channel.grid.width = width; channel.grid.height = height;
+    channel.gridKey = key;
+    channel.y = drawGrid(channel.grid.getContext("2d"), channel, scale, width, height);
+  }
+  const g = canvas.getContext("2d");
+  g.drawImage(channel.grid, 0, 0);
+  drawTrace(g, channel, channel.y, t0, tEnd, width, pxPerMs);
+}
+
+function drawGrid(g, channel, scale, width, height) {
+  g.fillStyle = "#0b0f12"; g.fillRect(0, 0, width, height);
   let y;
   g.lineWidth = 1;
   // Time grid: 1 mm minor (ECG only), 5 mm = 200 ms major, as on ECG paper.
@@ -336,24 +367,40 @@ function drawChannel(channel, tEnd) {
       g.fillText(`${+v.toFixed(3)} ${channel.unit}`, 4, y(v) - 2);
     }
   }
+  return y;
+}
+
+function drawTrace(g, channel, y, t0, tEnd, width, pxPerMs) {
   g.strokeStyle = COLORS[channel.index % COLORS.length];
   g.lineWidth = 1.5;
   g.beginPath();
-  let started = false;
   let first = channel.t.length - 1;
   while (first > 0 && channel.t[first - 1] >= t0) first -= 1;
+  // Several samples per pixel column (500 Hz at 25 mm/s): each column's extremes, so a
+  // QRS peak is never dropped and the path stays a few hundred segments.
+  let column = NaN, lo = 0, hi = 0, started = false;
+  const flush = () => {
+    if (Number.isNaN(column)) return;
+    if (started) g.lineTo(column, y(lo)); else { g.moveTo(column, y(lo)); started = true; }
+    if (hi !== lo) g.lineTo(column, y(hi));
+  };
   for (let i = first; i < channel.t.length; i += 1) {
-    const x = width - (tEnd - channel.t[i]) * pxPerMs, yy = y(channel.v[i]);
-    if (started) g.lineTo(x, yy); else { g.moveTo(x, yy); started = true; }
+    const x = Math.round(width - (tEnd - channel.t[i]) * pxPerMs), v = channel.v[i];
+    if (x !== column) { flush(); column = x; lo = hi = v; }
+    else { lo = Math.min(lo, v); hi = Math.max(hi, v); }
   }
+  flush();
   g.stroke();
 }
 
 const tools = {};   // tool id -> last sample
 
-function onPose(message) { tools[message.tool] = message; }
+let toolsChanged = false;
+function onPose(message) { tools[message.tool] = message; toolsChanged = true; }
 
 function drawTools() {
+  if (!toolsChanged) return;
+  toolsChanged = false;
   const list = Object.values(tools);
   const range = (axis) => {
     let lo = Infinity, hi = -Infinity;
@@ -561,9 +608,12 @@ async function showWaveform(path) {
 
 /* ---- start ---------------------------------------------------------------------------- */
 
-function frame() {
-  drawWaves();
-  drawTools();
+let lastTools = 0, lastWaves = 0;
+function frame(now) {
+  // Traces at about 30 Hz (a 3 px step at 25 mm/s), tools at 10 Hz: the main thread stays
+  // free for the video.
+  if (now - lastWaves > 30) { lastWaves = now; drawWaves(); }
+  if (now - lastTools > 100) { lastTools = now; drawTools(); }
   requestAnimationFrame(frame);
 }
 
