@@ -324,7 +324,7 @@ class FoxgloveBridge(Node):
             msg = deserialize_message(data, ImageFrame)
             payload = video.encoder.encode(image_to_array(msg.image), msg.image.encoding,
                                            keyframe)
-        except (DicomOrError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001  (the encoder's errors must not end the worker)
             # Counted and shown in /diagnostics: a bad frame must not stop the stream.
             self._counters.errors += 1
             self._counters.last_error = f"video: {exc}"

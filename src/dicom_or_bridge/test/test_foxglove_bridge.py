@@ -29,6 +29,8 @@ from rclpy.serialization import deserialize_message
 from dicom_or_bridge.foxglove_bridge_node import FoxgloveBridge, message_class
 from dicom_or_bridge.foxglove_io import (
     DELIMITER,
+    H264Encoder,
+    JpegEncoder,
     RateCap,
     full_type_name,
     installed_msg_text,
@@ -92,6 +94,25 @@ def test_rate_cap_and_scaled_sizes() -> None:
     assert scaled_size(321, 241, 0.5, even=True) == (160, 120)
     assert scaled_size(321, 241, 0.5, even=False) == (160, 120)
     assert scaled_size(10, 10, 0.05, even=False) == (2, 2)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_encoders_keep_colours_and_scale(encoding: str) -> None:
+    red_rgb = np.zeros((240, 320, 3), np.uint8)
+    red_rgb[..., 0] = 200
+    pixels = {"rgb8": red_rgb, "bgr8": red_rgb[..., ::-1].copy(),
+              "mono8": np.full((240, 320), 200, np.uint8)}[encoding]
+    jpeg = JpegEncoder(90, 0.5).encode(pixels, encoding)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    expected_bgr = [200, 200, 200] if encoding == "mono8" else [0, 0, 200]
+    assert image.shape == (120, 160, 3)
+    np.testing.assert_allclose(image[60, 80], expected_bgr, atol=6)
+    h264 = H264Encoder(10.0, 1000, 0.5)
+    units = [h264.encode(pixels, encoding, keyframe=(i == 0)) for i in range(3)]
+    assert units[0].startswith(b"\x00\x00\x00\x01\x67")  # SPS first: a keyframe
+    decoded = _decode_h264(units)
+    assert len(decoded) == 3 and decoded[0].shape == (120, 160, 3)
+    np.testing.assert_allclose(decoded[-1][60, 80], expected_bgr[::-1], atol=8)  # RGB out
 
 
 # --- the node --------------------------------------------------------------------------------
