@@ -22,7 +22,9 @@ one channel per ROS topic and a few derived ones. Wiring only; schemas and encod
   ``<topic>/transforms``: parent the tracker frame (``context.header.frame_id``), child the
   ``tool_id``, translation in metres (PoseSample's unit, Foxglove's), timestamp the
   acquisition time. A tool the tracker does not see is not sent (its pose is stale).
-* **Video.** Each video stream also as ``foxglove.CompressedImage`` (JPEG, on
+* **Video.** Raw ``ImageFrame`` channels only with ``raw_images`` (a 1080p frame is 6 MB:
+  a viewer that subscribes to it would be flooded, and the SDK buffers up to 1024 messages
+  per slow viewer). Each video stream also as ``foxglove.CompressedImage`` (JPEG, on
   ``<topic>/compressed``) or ``foxglove.CompressedVideo`` (H.264, on ``<topic>/h264``),
   scaled by ``video_scale``, at most ``video_max_rate_hz``, encoded on a worker thread (the
   newest frame wins; the executor never waits on an encoder) and only while a viewer is
@@ -144,7 +146,7 @@ class _Forward:
 
     topic: str
     type_name: str
-    channel: foxglove.Channel
+    channel: foxglove.Channel | None  # None: raw frames not sent (raw_images false)
     subscription: Subscription | None = None
     recent: deque[tuple[bytes, int]] | None = None   # latched topics: the last messages
     transforms: FrameTransformsChannel | None = None
@@ -242,18 +244,21 @@ class FoxgloveBridge(Node):
         msg_type = message_class(type_name)
         base = named_qos(_BASE_PROFILE.get(type_name, "status"))
         qos = adapt_request_to_offers(self, topic, base)
+        raw = type_name != IMAGE_FRAME_TYPE or self.params.raw_images
+        if not raw and self.params.video_format == "none":
+            raise DicomOrError("raw_images", "false with video_format none: nothing to send")
         forward = _Forward(topic, type_name, foxglove.Channel(
-            topic, schema=schema, message_encoding="cdr", context=self._fox_context))
+            topic, schema=schema, message_encoding="cdr", context=self._fox_context)
+            if raw else None)
         if qos.durability == DurabilityPolicy.TRANSIENT_LOCAL:
             forward.recent = deque(maxlen=max(1, qos.depth))
         self._derive(forward)
         with self._lock:
             self._forwards[topic] = forward
-            self._by_channel[forward.channel.id()] = forward
-            for derived in (forward.video.channel if forward.video else None,
-                            forward.transforms):
-                if derived is not None:
-                    self._by_channel[derived.id()] = forward
+            for channel in (forward.channel, forward.transforms,
+                            forward.video.channel if forward.video else None):
+                if channel is not None:
+                    self._by_channel[channel.id()] = forward
         forward.subscription = self.create_subscription(
             msg_type, topic, lambda data, f=forward: self._on_message(f, data), qos, raw=True)
         self.get_logger().info(f"forwarding {topic} ({type_name}, "
@@ -279,9 +284,10 @@ class FoxgloveBridge(Node):
 
     def _on_message(self, forward: _Forward, data: bytes) -> None:
         now = self.get_clock().now().nanoseconds
-        forward.channel.log(data, log_time=now)
-        forward.count += 1
-        self._counters.forwarded += 1
+        if forward.channel is not None:
+            forward.channel.log(data, log_time=now)
+            forward.count += 1
+            self._counters.forwarded += 1
         if forward.recent is not None:
             with self._lock:
                 forward.recent.append((data, now))
@@ -347,11 +353,13 @@ class FoxgloveBridge(Node):
             forward = self._by_channel.get(channel_id)
             if forward is None:
                 return
-            replay = list(forward.recent or ()) if forward.channel.id() == channel_id else []
+            raw = forward.channel
+            replay = list(forward.recent or ()) if raw is not None and \
+                raw.id() == channel_id else []
             if forward.video is not None and forward.video.channel.id() == channel_id:
                 forward.video.keyframe = True
         for data, log_time in replay:
-            forward.channel.log(data, log_time=log_time)
+            raw.log(data, log_time=log_time)  # type: ignore[union-attr]
 
     def unsubscribed(self, client_id: int, channel_id: int) -> None:
         """A viewer unsubscribed from ``channel_id`` or disconnected."""

@@ -253,7 +253,7 @@ def test_every_channel_reaches_a_foxglove_client() -> None:
     derived = {POSES + "/transforms": "foxglove.FrameTransforms",
                FRAMES + "/compressed": "foxglove.CompressedImage"}
     topics = set(RAW_TOPICS) | set(derived)
-    with _graph() as graph:
+    with _graph(raw_images=True) as graph:
         client = FoxgloveClient(graph.bridge.url)
         try:
             assert client.protocol == "foxglove.sdk.v1"
@@ -303,10 +303,13 @@ def _decode_h264(payloads: list[bytes]) -> list[np.ndarray]:
 
 def test_late_viewer_gets_context_and_keyframe_and_a_killed_viewer_disturbs_nothing() -> None:
     video = FRAMES + "/h264"
+    expected = set(RAW_TOPICS) - {FRAMES} | {video, POSES + "/transforms"}
     with _graph(video_format="h264") as graph:
         first = FoxgloveClient(graph.bridge.url)
         try:
-            assert first.wait_for(lambda c: _advertised(c, set(RAW_TOPICS) | {video}), 30)
+            assert first.wait_for(lambda c: _advertised(c, expected), 30)
+            # raw_images false (the default): no raw frames channel.
+            assert {c["topic"] for c in first.channels.values()} == expected
             first.subscribe(first.channel_ids({POSES}))
             assert first.wait_for(lambda c: len(c.on(POSES)) >= 50, 20)
             # A viewer that subscribes to everything, then is killed (no close frame).
