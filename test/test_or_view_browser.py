@@ -5,7 +5,8 @@ What a user sees must work: the page lists the 4 live series (QIDO-RS through th
 the live video advances, the ECG trace moves, STOP pressed in the page leaves final
 instances in the recorder panel, and a recorded Video Endoscopic instance plays (WADO-RS
 rendered video/mp4). Any JavaScript error, console error, failed request or HTTP error
-answer fails the test. Set OR_VIEW_SCREENSHOT=<path.png> to keep a screenshot.
+answer fails the test. Set OR_VIEW_SCREENSHOTS=<folder> to keep screenshots (live.png
+while recording, recorded.png after STOP with the player).
 """
 
 import os
@@ -107,6 +108,9 @@ def test_or_view_in_chromium(ros_env, tmp_path):
                 "orView.recorder.streams.every(s => s.recording && s.samples > 0)",
                 timeout=30000)
             page.wait_for_timeout(3000)   # a few seconds of every stream
+            shots = os.environ.get("OR_VIEW_SCREENSHOTS")
+            if shots:
+                page.screenshot(path=str(Path(shots) / "live.png"))
             page.click("#btn-stop")
             page.wait_for_function(
                 "document.getElementById('control-result').textContent.startsWith('STOP: ')",
@@ -131,9 +135,9 @@ def test_or_view_in_chromium(ros_env, tmp_path):
             page.wait_for_function(
                 "Number(document.getElementById('player-wave').dataset.drawn) > 0",
                 timeout=30000)
-            screenshot = os.environ.get("OR_VIEW_SCREENSHOT")
-            if screenshot:
-                page.screenshot(path=screenshot, full_page=True)
+            if shots:
+                page.locator("#player-video").evaluate("v => { v.pause(); v.currentTime = 1; }")
+                page.screenshot(path=str(Path(shots) / "recorded.png"), full_page=True)
             browser.close()
     finally:
         code, log = stop(graph) if graph.poll() is None else (graph.returncode, "")

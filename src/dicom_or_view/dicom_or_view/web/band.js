@@ -2,11 +2,12 @@
  * the pixels a page shows: sync byte | sequence (32 bits) | capture time ns (64 bits) |
  * CRC-16/CCITT-FALSE, in black / white cells across the frame's top rows. Reading it from
  * the canvas measures capture-to-display from the image itself, with no side channel.
- * orBand.decode(context2d, shownWidth, sourceWidth, sourceHeight) -> {seq, ms} or null.
+ * In a page or a worker: self.orBand.decode(context2d, shownWidth, sourceWidth,
+ * sourceHeight) -> {seq, ms} or null.
  */
 "use strict";
 
-window.orBand = (() => {
+self.orBand = (() => {
   const BITS = 8 + 32 + 64 + 16;
   const SYNC = 0xA5;
 

@@ -177,6 +177,8 @@ function rateOf(s) {
 /* ---- Streams: video, waveforms, tools ------------------------------------------------- */
 
 const videos = {};   // series -> {canvas, overlay, ...}
+const videoWorker = new Worker("/static/video_worker.js");
+videoWorker.onmessage = (event) => onDrawn(event.data);
 const waves = {};    // series -> {channels: [{label, unit, canvas, t[], v[]}], ...}
 
 function showStreams() {
@@ -199,8 +201,11 @@ function addVideo(s) {
   overlay.textContent = `${s.description}: waiting for frames`;
   box.append(canvas, overlay);
   $("videos").appendChild(box);
-  videos[s.series] = { canvas, overlay, description: s.description, busy: false,
-                       pending: null, count: 0, since: performance.now(), fps: 0 };
+  const offscreen = canvas.transferControlToOffscreen();
+  videoWorker.postMessage({ type: "canvas", series: s.series, canvas: offscreen,
+                            measure: orView.measure }, [offscreen]);
+  videos[s.series] = { canvas, overlay, description: s.description,
+                       count: 0, since: performance.now(), fps: 0 };
   orView.frames[s.series] = 0;
 }
 
@@ -208,46 +213,27 @@ function onFrame(buffer) {
   const view = new DataView(buffer);
   const length = view.getUint32(0, true);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
-  const video = videos[header.series];
-  if (!video) return;
-  // One frame decodes at a time; a frame that arrives meanwhile waits, replaced by a newer
-  // one: the page shows the newest frame, never a queue of old ones.
-  if (video.pending) orView.replaced += 1;
-  video.pending = { header, jpeg: new Uint8Array(buffer, 4 + length) };
-  if (!video.busy) showFrame(video);
+  if (!videos[header.series]) return;
+  // Decoded and drawn by the video worker; the buffer moves there (no copy).
+  videoWorker.postMessage({ type: "frame", header, buffer, offset: 4 + length }, [buffer]);
 }
 
-function showFrame(video) {
-  const { header, jpeg } = video.pending;
-  video.pending = null;
-  video.busy = true;
-  createImageBitmap(new Blob([jpeg], { type: "image/jpeg" })).then((bitmap) => {
-    const canvas = video.canvas;
-    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
-      canvas.width = bitmap.width; canvas.height = bitmap.height;
-    }
-    const g = canvas.getContext("2d", { willReadFrequently: orView.measure });
-    g.drawImage(bitmap, 0, 0);
-    bitmap.close();
-    const age = Date.now() - header.capture_ms;
-    if (orView.measure) {
-      const band = window.orBand.decode(g, canvas.width, header.width, header.height);
-      if (band) push(orView.bandLatency, Date.now() - band.ms);
-    }
-    push(orView.latency, age);
-    orView.frames[header.series] += 1;
-    video.count += 1;
-    const now = performance.now();
-    if (now - video.since >= 1000) {
-      video.fps = video.count * 1000 / (now - video.since);
-      video.count = 0; video.since = now;
-    }
-    video.overlay.textContent = `${video.description} - frame ${header.seq}, ` +
-      `age ${age.toFixed(0)} ms, ${header.width}x${header.height}, ${video.fps.toFixed(1)} fps`;
-  }).catch((error) => console.warn("frame:", error.message)).finally(() => {
-    video.busy = false;
-    if (video.pending) showFrame(video);
-  });
+function onDrawn(message) {
+  if (message.type === "replaced") { orView.replaced += 1; return; }
+  if (message.type === "error") { console.warn("frame:", message.message); return; }
+  const { header, age, band } = message;
+  const video = videos[header.series];
+  push(orView.latency, age);
+  if (band !== null) push(orView.bandLatency, band);
+  orView.frames[header.series] += 1;
+  video.count += 1;
+  const now = performance.now();
+  if (now - video.since >= 1000) {
+    video.fps = video.count * 1000 / (now - video.since);
+    video.count = 0; video.since = now;
+  }
+  video.overlay.textContent = `${video.description} - frame ${header.seq}, ` +
+    `age ${age.toFixed(0)} ms, ${header.width}x${header.height}, ${video.fps.toFixed(1)} fps`;
 }
 
 function addWave(s) {
@@ -364,7 +350,7 @@ function drawGrid(g, channel, scale, width, height) {
     for (let v = scale.lo; v <= scale.hi; v += scale.grid) {
       g.strokeStyle = "rgba(88,166,255,.18)";
       g.beginPath(); g.moveTo(0, y(v)); g.lineTo(width, y(v)); g.stroke();
-      g.fillText(`${+v.toFixed(3)} ${channel.unit}`, 4, y(v) - 2);
+      g.fillText(`${+v.toFixed(3)} ${channel.unit}`, 4, Math.max(10, y(v) - 2));
     }
   }
   return y;
@@ -561,7 +547,6 @@ async function refreshInstances() {
 
 async function playVideo(path) {
   const video = $("player-video");
-  $("player-wave").hidden = true;
   video.hidden = false;
   const url = `/dicom-web/${path}/rendered`;
   if (token) {   // a media element cannot send a header: fetch, then play the blob
@@ -576,11 +561,12 @@ async function playVideo(path) {
 
 async function showWaveform(path) {
   const canvas = $("player-wave");
-  $("player-video").hidden = true;
-  $("player-video").pause();
   canvas.hidden = false;
   const traces = await (await api(`/api/waveform/${path.split("/").filter((_, i) => i % 2).join("/")}`)).json();
-  const channels = traces.groups.flatMap((g) => g.channels.map((c) => ({ ...c, hz: g.sampling_hz })));
+  // ECG in mV, as on the live traces.
+  const channels = traces.groups.flatMap((g) => g.channels.map((c) => (c.unit === "uV"
+    ? { ...c, unit: "mV", values: c.values.map((v) => v / 1000), hz: g.sampling_hz }
+    : { ...c, hz: g.sampling_hz })));
   const shown = channels.slice(0, 6);
   const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   g.fillStyle = "#0b0f12"; g.fillRect(0, 0, w, h);
