@@ -66,6 +66,7 @@ class ViewConfig:
     dicomweb_token: str = ""        # the bridge's bearer token, if it requires one
     max_clients: int = 16
     control_timeout_s: float = 15.0
+    max_waveform_bytes: int = 128 << 20  # a recorded waveform drawn by /api/waveform
     web_dir: Path = field(default_factory=lambda: WEB_DIR)
 
 
@@ -369,7 +370,11 @@ class ViewServer:
             part = await reader.next()
             if part is None or isinstance(part, aiohttp.MultipartReader):
                 return web.Response(status=502, text="no instance in the bridge's answer")
-            body = await part.read()
+            body = bytearray()
+            while chunk := await part.read_chunk(1 << 16):
+                body += chunk
+                if len(body) > self.config.max_waveform_bytes:   # a video, not a waveform
+                    return web.Response(status=413, text="instance too large to draw")
         loop = asyncio.get_running_loop()
         try:
             traces = await loop.run_in_executor(None, waveform_traces, bytes(body))

@@ -157,6 +157,10 @@ def test_a_recorded_waveform_is_sent_as_traces_in_its_units(tmp_path):
         assert video.status_code == 406
         missing = requests.get(server.url + "api/waveform/1.2/3.4/5.6", timeout=30)
         assert missing.status_code == 404
+        server.config.max_waveform_bytes = 10000   # never held whole in memory beyond it
+        big = requests.get(server.url + "api/waveform/" + instance_path(files["video"]),
+                           timeout=30)
+        assert big.status_code == 413
 
 
 def test_record_control_buttons():
