@@ -135,6 +135,18 @@ def test_or_view_in_chromium(ros_env, tmp_path):
             page.wait_for_function(
                 "Number(document.getElementById('player-wave').dataset.drawn) > 0",
                 timeout=30000)
+            # The PACS and MPPS lines of the recorder panel (the demo has neither
+            # destination): the page's own drawing of a status that has them.
+            text = page.evaluate("""() => {
+                const r = JSON.parse(JSON.stringify(orView.recorder));
+                Object.assign(r.pacs, {enabled: true, contacted: true, reachable: true,
+                                       queue: 1, stored: 3, committed: 2});
+                Object.assign(r.mpps, {enabled: true, destination: 'MPPS@pacs:104',
+                                       open_step: '1.2.3', open_step_id: 'PPS1', sent: 1});
+                orView.recorder = r; showRecorder();
+                return document.getElementById('pacs').textContent; }""")
+            assert "reachable" in text and "storage commitment 2" in text, text
+            assert "MPPS MPPS@pacs:104" in text and "IN PROGRESS PPS1" in text, text
             if shots:
                 page.locator("#player-video").evaluate("v => { v.pause(); v.currentTime = 1; }")
                 page.screenshot(path=str(Path(shots) / "recorded.png"), full_page=True)

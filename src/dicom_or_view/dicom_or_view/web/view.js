@@ -473,6 +473,15 @@ function showRecorder() {
       ["storage commitment", p.committed], ["failed", p.failed], ["retries", p.retries]]),
       p.last_error ? ` - ${p.last_error}` : "");
   }
+  const mpps = r.mpps;
+  if (mpps && mpps.enabled) {
+    pacs.append(document.createElement("br"), `MPPS ${mpps.destination}: `,
+      mpps.open_step ? badge(`IN PROGRESS ${mpps.open_step_id}`, "ok")
+        : badge(mpps.last_step_status || "no step", mpps.last_step_status ? "idle" : "warn"),
+      " ", ...summary([["pending", mpps.pending], ["sent", mpps.sent],
+                       ["refused", mpps.refused], ["retries", mpps.retries]]),
+      mpps.last_error ? ` - ${mpps.last_error}` : "");
+  }
 }
 
 function summary(pairs) {
