@@ -150,6 +150,15 @@ def test_or_view_in_chromium(ros_env, tmp_path):
             if shots:
                 page.locator("#player-video").evaluate("v => { v.pause(); v.currentTime = 1; }")
                 page.screenshot(path=str(Path(shots) / "recorded.png"), full_page=True)
+            # A browser without OffscreenCanvas draws the video on the page's thread.
+            old = browser.new_page()
+            old.on("pageerror", lambda e: problems.append(f"JavaScript error (no "
+                                                          f"OffscreenCanvas): {e}"))
+            old.add_init_script(
+                "delete HTMLCanvasElement.prototype.transferControlToOffscreen")
+            old.goto(url)
+            old.wait_for_function("Object.values(orView.frames).some(n => n > 5)",
+                                  timeout=30000)
             browser.close()
     finally:
         code, log = stop(graph) if graph.poll() is None else (graph.returncode, "")

@@ -201,10 +201,14 @@ function addVideo(s) {
   overlay.textContent = `${s.description}: waiting for frames`;
   box.append(canvas, overlay);
   $("videos").appendChild(box);
-  const offscreen = canvas.transferControlToOffscreen();
-  videoWorker.postMessage({ type: "canvas", series: s.series, canvas: offscreen,
-                            measure: orView.measure }, [offscreen]);
-  videos[s.series] = { canvas, overlay, description: s.description,
+  // A browser without OffscreenCanvas (Safari before 16.4) draws on the page's thread.
+  const local = !canvas.transferControlToOffscreen;
+  if (!local) {
+    const offscreen = canvas.transferControlToOffscreen();
+    videoWorker.postMessage({ type: "canvas", series: s.series, canvas: offscreen,
+                              measure: orView.measure }, [offscreen]);
+  }
+  videos[s.series] = { canvas, overlay, description: s.description, local, busy: false,
                        count: 0, since: performance.now(), fps: 0 };
   orView.frames[s.series] = 0;
 }
@@ -213,9 +217,23 @@ function onFrame(buffer) {
   const view = new DataView(buffer);
   const length = view.getUint32(0, true);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
-  if (!videos[header.series]) return;
+  const video = videos[header.series];
+  if (!video) return;
+  if (video.local) { drawHere(video, header, new Uint8Array(buffer, 4 + length)); return; }
   // Decoded and drawn by the video worker; the buffer moves there (no copy).
   videoWorker.postMessage({ type: "frame", header, buffer, offset: 4 + length }, [buffer]);
+}
+
+function drawHere(video, header, jpeg) {
+  if (video.busy) { orView.replaced += 1; return; }   // the next frame comes soon
+  video.busy = true;
+  createImageBitmap(new Blob([jpeg], { type: "image/jpeg" })).then((bitmap) => {
+    video.canvas.width = bitmap.width; video.canvas.height = bitmap.height;
+    video.canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+    onDrawn({ type: "drawn", header, age: Date.now() - header.capture_ms, band: null });
+  }).catch((error) => console.warn("frame:", error.message))
+    .finally(() => { video.busy = false; });
 }
 
 function onDrawn(message) {
