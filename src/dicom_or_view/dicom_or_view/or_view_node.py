@@ -46,7 +46,7 @@ from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 from dicom_or_view import live
-from dicom_or_view.server import ViewConfig, ViewServer
+from dicom_or_view.server import ViewConfig, ViewServer, client_tls
 
 _KINDS = {KIND_VIDEO: "video", KIND_POSE: "pose", KIND_WAVEFORM: "waveform"}
 _MESSAGES: dict[int, Any] = {KIND_VIDEO: ImageFrame, KIND_POSE: PoseSample,
@@ -75,6 +75,7 @@ class OrViewNode(Node):
         self._control: Any = self.create_client(RecordControl, p.recorder_control_service)
         self.server = ViewServer(ViewConfig(
             host=p.host, port=p.port, token=p.access_token, dicomweb_token=p.dicomweb_token,
+            dicomweb_tls=client_tls(p.dicomweb_ca, p.dicomweb_cert, p.dicomweb_key),
             max_clients=p.max_clients), control=self._record_control)
         try:
             self.server.start()

@@ -31,6 +31,7 @@ import hmac
 import io
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 from pydicom import dcmread
+
+from dicom_or_core.model.errors import DicomOrError
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -64,6 +67,7 @@ class ViewConfig:
     token: str = ""                 # empty: no token required
     dicomweb_url: str = ""          # the bridge's service root; "" until known
     dicomweb_token: str = ""        # the bridge's bearer token, if it requires one
+    dicomweb_tls: ssl.SSLContext | None = None   # client TLS for an https:// bridge
     max_clients: int = 16
     control_timeout_s: float = 15.0
     max_waveform_bytes: int = 128 << 20  # a recorded waveform drawn by /api/waveform
@@ -145,8 +149,11 @@ class ViewServer:
         app.router.add_get("/dicom-web/{tail:.*}", self._proxy)
         app.router.add_get("/api/waveform/{study}/{series}/{sop}", self._waveform)
         app.router.add_post("/api/record", self._record)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=5, sock_read=30), auto_decompress=False)
+        tls = self.config.dicomweb_tls
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(ssl=tls) if tls is not None else None)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -405,6 +412,29 @@ class ViewServer:
         self.log.info("OR view: RecordControl %s from %s: %s", body.get("command"),
                       request.remote, result.get("message", ""))
         return web.json_response(result)
+
+
+def client_tls(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext | None:
+    """The client TLS context for the bridge's DICOMweb over https: the CA that signed the
+    bridge's certificate (default: the system's), and the view's own certificate when the
+    bridge requires client certificates. None when nothing is set (the system's CAs apply to
+    an https URL anyway)."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise DicomOrError("dicomweb_cert", "dicomweb_cert and dicomweb_key must be set "
+                           "together")
+    try:
+        context = ssl.create_default_context(cafile=ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise DicomOrError("dicomweb_ca", f"cannot load the CA file: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise DicomOrError("dicomweb_cert", f"cannot load certificate/key: {exc}") from None
+    return context
 
 
 def waveform_traces(data: bytes, max_points: int = 20000) -> dict[str, Any]:

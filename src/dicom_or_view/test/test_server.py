@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
+import subprocess
 from concurrent.futures import Future
 
 import aiohttp
@@ -15,9 +17,10 @@ import requests
 from dicom_or_test_common.examples import write_recorded_instances
 
 from dicom_or_bridge.dicomweb_server import DicomWebConfig, DicomWebServer
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.qr.model import ArchiveIndex, ModelStore
 from dicom_or_view import live
-from dicom_or_view.server import WEB_DIR, ViewConfig, ViewServer
+from dicom_or_view.server import WEB_DIR, ViewConfig, ViewServer, client_tls
 
 TOKEN = "view-token"
 
@@ -235,3 +238,46 @@ def test_the_websocket_needs_the_token_too():
 def test_port_in_use_is_an_oserror():
     with view() as server, pytest.raises(OSError):
         ViewServer(ViewConfig(port=server.port)).start()
+
+
+def self_signed_cert(folder):
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_an_https_bridge_requiring_client_certificates(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    server_tls.load_verify_locations(cert)        # clients need a certificate it signed
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    files = write_recorded_instances(tmp_path / "archive", frames=5)
+    store = ModelStore(ArchiveIndex(tmp_path / "archive"), retrieve_ae_title="DICOM_OR",
+                       archive_rescan_s=0.0)
+    web = DicomWebServer(store, DicomWebConfig(port=0, tls=server_tls))
+    web.start()
+    try:
+        assert web.base_url.startswith("https://")
+        with view(dicomweb_url=web.base_url,
+                  dicomweb_tls=client_tls(ca=cert, cert=cert, key=key)) as server:
+            answer = requests.get(server.url + "dicom-web/studies", timeout=10)
+            assert answer.status_code == 200 and len(answer.json()) == 1
+        with view(dicomweb_url=web.base_url, dicomweb_tls=client_tls(ca=cert)) as server:
+            answer = requests.get(server.url + "dicom-web/studies", timeout=10)
+            assert answer.status_code == 502     # no client certificate: refused
+        assert files
+    finally:
+        web.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"ca": "/nonexistent.pem"}, "dicomweb_ca"), ({"cert": "/x.pem"}, "dicomweb_cert"),
+    ({"cert": "/nonexistent.pem", "key": "/nonexistent.pem"}, "dicomweb_cert")])
+def test_bad_tls_files_name_the_parameter(kwargs, name):
+    with pytest.raises(DicomOrError, match=name):
+        client_tls(**kwargs)

@@ -106,6 +106,7 @@ def console_script() -> str:
     (["-p", "jpeg_quality:=5"], "jpeg_quality"),
     (["-p", "port:=70000"], "port"),
     (["-p", "host:=192.0.2.1"], "port"),          # an address this host does not have
+    (["-p", "dicomweb_ca:=/nonexistent.pem"], "dicomweb_ca"),
 ])
 def test_bad_parameters_exit_1_naming_the_parameter(args, name):
     with reserved_domain_id() as domain:
