@@ -163,8 +163,11 @@ def test_console_script_loops_and_stops_cleanly_on_ctrl_c(recording):
             assert probe.spin_until(lambda: len(probe.samples[ECG]) >= 30, 30)
         finally:
             child.send_signal(signal.SIGINT)
+            # Spin while the node stops: its last device status (STOPPED) is taken in as it
+            # leaves, not after it is gone (a loaded machine may not deliver it then).
+            probe.spin_until(lambda: child.poll() is not None
+                             and DeviceStatus.STATE_STOPPED in probe.states(ECG), 20)
             output, _ = child.communicate(timeout=20)
-        probe.spin_until(lambda: DeviceStatus.STATE_STOPPED in probe.states(ECG), 5)
         probe.close()
     assert child.returncode == 0, output
     assert "Traceback" not in output
