@@ -82,7 +82,7 @@ class OrViewNode(Node):
         except OSError as exc:
             raise DicomOrError("port", f"cannot listen on {p.host}:{p.port}: "
                                f"{exc.strerror or exc}") from None
-        self.encoder = live.FrameEncoder(self.server.publish_frame, self.server.has_clients,
+        self.encoder = live.FrameEncoder(self.server.publish_frame, self.server.wants_video,
                                          max_width=p.video_max_width, quality=p.jpeg_quality)
         if p.dicomweb_url:
             self.server.set_dicomweb_url(p.dicomweb_url)
@@ -138,7 +138,7 @@ class OrViewNode(Node):
     def _follow_video(self) -> None:
         """Video frames are subscribed only while a browser watches: a 1080p30 stream is
         180 MB/s of copies nobody would see."""
-        watched = self.server.has_clients()
+        watched = self.server.wants_video()
         for topic, stream in self._streams.items():
             if stream.descriptor is None or stream.descriptor.kind != KIND_VIDEO:
                 continue
@@ -156,7 +156,7 @@ class OrViewNode(Node):
             stream.descriptor.series_instance_uid != msg.series_instance_uid
         stream.descriptor = msg
         stream.channels = live.channels_of(msg)
-        if stream.samples is None and (msg.kind != KIND_VIDEO or self.server.has_clients()):
+        if stream.samples is None and (msg.kind != KIND_VIDEO or self.server.wants_video()):
             self._subscribe(topic, stream)
         if changed:
             self._publish_streams()

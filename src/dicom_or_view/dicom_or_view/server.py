@@ -5,11 +5,12 @@ Routes:
 
 * ``GET /`` and ``/static/*`` - the page (HTML, CSS, JS shipped with the package; no CDN).
 * ``GET /api/config`` - whether a token is required (the page asks for it then).
-* ``GET /ws`` - WebSocket. The client's first message is ``{"token": "..."}``; then the
-  server sends JSON text messages (``session``, ``recorder``, ``streams``, ``wave``,
-  ``pose``, ``dicomweb``) and binary video frames (:func:`dicom_or_view.live.frame_message`):
-  the newest frame of each stream per client, so a slow client gets fewer frames, never a
-  queue of old ones.
+* ``GET /ws`` - WebSocket. The client's first message is ``{"token": "...", "want":
+  ["data", "video"]}`` (``want`` optional: both). "data": JSON text messages (``session``,
+  ``recorder``, ``streams``, ``wave``, ``pose``, ``dicomweb``); "video": binary frames
+  (:func:`dicom_or_view.live.frame_message`), the newest frame of each stream per client,
+  so a slow client gets fewer frames, never a queue of old ones. The page takes its video
+  on a connection of its own, in a Web Worker.
 * ``GET /dicom-web/...`` - the bridge's DICOMweb service (QIDO-RS, WADO-RS, rendered),
   proxied: the page calls the PS3.18 API of the bridge without the bridge needing CORS, and
   the bridge's own bearer token stays on the server. Accept and Range pass through.
@@ -77,8 +78,9 @@ class ViewConfig:
 class _Client:
     """One browser: its JSON queue and the newest frame of each video stream."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
+    def __init__(self, ws: web.WebSocketResponse, data: bool = True,
+                 video: bool = True) -> None:
+        self.ws, self.data, self.video = ws, data, video
         self.texts: asyncio.Queue[str] = asyncio.Queue(maxsize=512)
         self.frames: dict[str, bytes] = {}
         self.wake = asyncio.Event()
@@ -189,8 +191,12 @@ class ViewServer:
     # --- from the node (any thread) -------------------------------------------------------
 
     def has_clients(self) -> bool:
-        """Whether a browser is connected (frames are encoded only then)."""
-        return bool(self._clients)
+        """Whether a browser takes the live data (waveforms and poses are sent only then)."""
+        return any(c.data for c in self._clients)
+
+    def wants_video(self) -> bool:
+        """Whether a browser takes video frames (they are subscribed and encoded only then)."""
+        return any(c.video for c in self._clients)
 
     def set_dicomweb_url(self, url: str) -> None:
         """The bridge's service root (from its latched topic, or a parameter)."""
@@ -204,17 +210,19 @@ class ViewServer:
         if keep:
             self._latest[kind] = text
         loop = self._loop
-        if loop is not None and self._clients:
+        if loop is not None and self.has_clients():
             loop.call_soon_threadsafe(self._broadcast, text)
 
     def publish_frame(self, series: str, message: bytes) -> None:
         """The newest frame of ``series`` for every client (replaces an unsent one)."""
         loop = self._loop
-        if loop is not None and self._clients:
+        if loop is not None and self.wants_video():
             loop.call_soon_threadsafe(self._offer_frame, series, message)
 
     def _broadcast(self, text: str) -> None:
         for client in self._clients:
+            if not client.data:
+                continue
             try:
                 client.texts.put_nowait(text)
             except asyncio.QueueFull:
@@ -225,8 +233,9 @@ class ViewServer:
 
     def _offer_frame(self, series: str, message: bytes) -> None:
         for client in self._clients:
-            client.frames[series] = message
-            client.wake.set()
+            if client.video:
+                client.frames[series] = message
+                client.wake.set()
 
     # --- access ---------------------------------------------------------------------------
 
@@ -286,15 +295,21 @@ class ViewServer:
         await ws.prepare(request)
         try:
             hello = json.loads(await ws.receive_str(timeout=10.0))
-            token = str(hello.get("token", "")) if isinstance(hello, dict) else ""
+            if not isinstance(hello, dict):
+                hello = {}
+            token: str | None = str(hello.get("token", ""))
+            want = hello.get("want", ["data", "video"])
+            want = set(want) if isinstance(want, list) else {"data", "video"}
         except (TimeoutError, TypeError, ValueError, RuntimeError):
-            token = None
+            token, want = None, set()
         if token is None or not self._token_ok(token):
             self._refused("the live WebSocket", request.remote)
             await ws.close(code=4401, message=b"a valid token is required")
             return ws
-        client = _Client(ws)
-        for text in self._latest.values():
+        # A page may take its data and its video on two connections (the video one in a
+        # Web Worker): "want": ["data"] / ["video"]; both by default.
+        client = _Client(ws, data="data" in want, video="video" in want)
+        for text in self._latest.values() if client.data else ():
             client.texts.put_nowait(text)
         client.wake.set()
         self._clients.add(client)

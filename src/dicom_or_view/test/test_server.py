@@ -93,6 +93,37 @@ def test_live_websocket_sends_kept_state_then_updates_and_frames():
         assert server.counts["frames_sent"] == 1
 
 
+def test_data_and_video_on_separate_connections():
+    async def scenario(server):
+        server.publish("session", {"patient_id": "P1"})
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url + "ws") as data, \
+                    http.ws_connect(server.url + "ws") as video:
+                await data.send_str(json.dumps({"want": ["data"]}))
+                await video.send_str(json.dumps({"want": ["video"]}))
+                assert json.loads((await data.receive(timeout=5)).data)["type"] == "session"
+                for _ in range(50):
+                    if server.wants_video() and server.has_clients():
+                        break
+                    await asyncio.sleep(0.02)
+                server.publish("wave", {"series": "1.2"}, keep=False)
+                server.publish_frame("1.2", live.frame_message({"seq": 1}, b"x"))
+                assert (await video.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY
+                assert json.loads((await data.receive(timeout=5)).data)["type"] == "wave"
+                with pytest.raises(asyncio.TimeoutError):
+                    await video.receive(timeout=0.3)      # no texts on the video one
+                with pytest.raises(asyncio.TimeoutError):
+                    await data.receive(timeout=0.3)       # no frames on the data one
+        for _ in range(50):
+            if not server.wants_video():
+                break
+            await asyncio.sleep(0.05)
+        assert not server.wants_video() and not server.has_clients()
+
+    with view() as server:
+        asyncio.run(scenario(server))
+
+
 def test_a_slow_client_gets_the_newest_frame_not_a_queue():
     async def scenario(server):
         async with aiohttp.ClientSession() as http:

@@ -34,6 +34,7 @@ def test_graph_to_page(tmp_path):
         sent, frames = [], []
         view.server.publish = lambda kind, data, keep=True: sent.append((kind, data))
         view.server.has_clients = lambda: True
+        view.server.wants_video = lambda: True
         view.encoder._wanted = lambda: True
         view.encoder._deliver = lambda series, message: frames.append(message)
         source = Node("source", context=ctx)

@@ -1,8 +1,9 @@
-/* Decodes and draws the live video off the page's main thread: each stream's canvas is an
- * OffscreenCanvas handed over by the page; frames (the WebSocket's binary messages,
- * transferred, not copied) are decoded with createImageBitmap and drawn here, so traces,
- * tables and tools drawn on the main thread never delay a frame, nor a frame them.
- * One frame per stream decodes at a time; a newer one replaces a waiting one.
+/* The live video, off the page's main thread: this worker has its own WebSocket to the
+ * view ({"want": ["video"]}), each stream's canvas is an OffscreenCanvas handed over by the
+ * page, and frames are decoded with createImageBitmap and drawn here, so traces, tables and
+ * tools drawn on the main thread never delay a frame, nor a frame them. One frame per
+ * stream decodes at a time; a newer one replaces a waiting one. The page gets one small
+ * message per drawn frame (its header and age) for the overlay and the statistics.
  */
 "use strict";
 
@@ -11,17 +12,34 @@ importScripts("/static/band.js");
 const streams = {};   // series -> {canvas, g, busy, pending}
 let measure = false;
 
+function connect(url, token) {
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(JSON.stringify({ token, want: ["video"] }));
+  ws.onclose = () => setTimeout(() => connect(url, token), 2000);
+  ws.onmessage = (event) => {
+    const view = new DataView(event.data);
+    const length = view.getUint32(0, true);
+    const header = JSON.parse(new TextDecoder().decode(new Uint8Array(event.data, 4, length)));
+    onFrame({ header, buffer: event.data, offset: 4 + length });
+  };
+}
+
+function onFrame(m) {
+  const stream = streams[m.header.series];
+  if (!stream) return;
+  if (stream.pending) self.postMessage({ type: "replaced" });
+  stream.pending = m;
+  if (!stream.busy) show(stream);
+}
+
 self.onmessage = (event) => {
   const m = event.data;
-  if (m.type === "canvas") {
+  if (m.type === "connect") {
+    connect(m.url, m.token);
+  } else if (m.type === "canvas") {
     streams[m.series] = { canvas: m.canvas, g: null, busy: false, pending: null };
     measure = m.measure;
-  } else if (m.type === "frame") {
-    const stream = streams[m.header.series];
-    if (!stream) return;
-    if (stream.pending) self.postMessage({ type: "replaced" });
-    stream.pending = m;
-    if (!stream.busy) show(stream);
   }
 };
 

@@ -84,11 +84,16 @@ function push(list, item) { list.push(item); if (list.length > MAX_STATS) list.s
 
 /* ---- WebSocket ------------------------------------------------------------------------ */
 
+const WS_URL = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+// Video in a Web Worker, on a connection of its own: frames never wait for the page's
+// thread (traces, tables). A browser without OffscreenCanvas takes them here.
+const OFFSCREEN = typeof HTMLCanvasElement.prototype.transferControlToOffscreen === "function";
+
 function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  const ws = new WebSocket(WS_URL);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
-    ws.send(JSON.stringify({ token }));
+    ws.send(JSON.stringify({ token, want: OFFSCREEN ? ["data"] : ["data", "video"] }));
     $("connection").textContent = "live";
     $("connection").className = "state ok";
   };
@@ -177,8 +182,8 @@ function rateOf(s) {
 /* ---- Streams: video, waveforms, tools ------------------------------------------------- */
 
 const videos = {};   // series -> {canvas, overlay, ...}
-const videoWorker = new Worker("/static/video_worker.js");
-videoWorker.onmessage = (event) => onDrawn(event.data);
+const videoWorker = OFFSCREEN ? new Worker("/static/video_worker.js") : null;
+if (videoWorker) videoWorker.onmessage = (event) => onDrawn(event.data);
 const waves = {};    // series -> {channels: [{label, unit, canvas, t[], v[]}], ...}
 
 function showStreams() {
@@ -202,7 +207,7 @@ function addVideo(s) {
   box.append(canvas, overlay);
   $("videos").appendChild(box);
   // A browser without OffscreenCanvas (Safari before 16.4) draws on the page's thread.
-  const local = !canvas.transferControlToOffscreen;
+  const local = !OFFSCREEN;
   if (!local) {
     const offscreen = canvas.transferControlToOffscreen();
     videoWorker.postMessage({ type: "canvas", series: s.series, canvas: offscreen,
@@ -219,9 +224,7 @@ function onFrame(buffer) {
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
   const video = videos[header.series];
   if (!video) return;
-  if (video.local) { drawHere(video, header, new Uint8Array(buffer, 4 + length)); return; }
-  // Decoded and drawn by the video worker; the buffer moves there (no copy).
-  videoWorker.postMessage({ type: "frame", header, buffer, offset: 4 + length }, [buffer]);
+  drawHere(video, header, new Uint8Array(buffer, 4 + length));
 }
 
 function drawHere(video, header, jpeg) {
@@ -639,6 +642,7 @@ async function start() {
   $("btn-snapshot").onclick = () => control("SNAPSHOT");
   $("btn-start").onclick = () => control("START");
   $("btn-stop").onclick = () => control("STOP");
+  if (videoWorker) videoWorker.postMessage({ type: "connect", url: WS_URL, token });
   connect();
   setInterval(tick, 1000);
   setInterval(refreshSeries, 2000);
