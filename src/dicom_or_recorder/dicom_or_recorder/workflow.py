@@ -7,10 +7,13 @@ which Series it produced:
 * **open**: the first stream of a case whose session context lists worklist ``requests``
   starts recording (START, or ``record_on_start``) -> a step is opened: its SOP Instance
   UID and Performed Procedure Step ID are made here, written into that stream's descriptor
-  (so every instance references the step, PS3.3 C.7.3.1); once every stream the START
-  starts has joined (:meth:`Workflow.started`), an N-CREATE IN PROGRESS is queued, its
-  Modality the image modality among theirs. Streams of the same case that start later join
-  the open step. A stream of another case closes the open step first (COMPLETED).
+  (so every instance references the step, PS3.3 C.7.3.1); ``CREATE_SETTLE_S`` after the
+  first stream joined (:meth:`Workflow.started`), an N-CREATE IN PROGRESS is queued, its
+  Modality the image modality among the streams that joined by then (with
+  ``record_on_start`` the streams join one by one as their descriptors arrive, in any
+  order; Modality cannot be changed by a later N-SET, PS3.4 Table F.7.2-1). Streams of the
+  same case that start later join the open step. A stream of another case closes the open
+  step first (COMPLETED).
 * **close**: when no stream of the step records any more (STOP), the step waits (in the
   background, the STOP answers at once) until the instances the STOP closed are final,
   lists every instance in the spool that references the step, and queues the N-SET:
@@ -58,6 +61,10 @@ TICK_S = 0.2
 # these timeouts: a RIS that accepts but never answers must not hold the recorder's stop
 # (what is not accepted stays in the outbox for the next start).
 SHUTDOWN_WAIT_S = 2.0
+# How long the N-CREATE waits for the other streams of a START to join the step: the streams
+# of one graph are discovered within a second or two of each other (the recorder's discovery
+# period plus the descriptors' arrival), and the step's Modality is chosen among them.
+CREATE_SETTLE_S = 2.0
 
 
 @dataclass
@@ -73,6 +80,7 @@ class _Step:
     description: str
     series: dict[str, dict[str, str]] = field(default_factory=dict)  # uid -> modality, desc
     performed: mpps.PerformedStep | None = None  # the N-CREATE to queue (None: queued)
+    create_due: float | None = None  # time.monotonic() when it is queued (started())
 
 
 @dataclass
@@ -185,11 +193,13 @@ class Workflow:
                              set(closing_uids))
 
     def started(self) -> None:
-        """The streams starting together have all called :meth:`begin`: queue the N-CREATE
-        of the step they opened (nothing when it is already queued)."""
+        """Streams have called :meth:`begin`: the N-CREATE of the step they opened is queued
+        ``CREATE_SETTLE_S`` later, so streams that join meanwhile count for its Modality
+        (nothing when it is already due or queued)."""
         with self._lock:
-            if self.step is not None:
-                self._queue_create_locked(self.step)
+            step = self.step
+            if step is not None and step.performed is not None and step.create_due is None:
+                step.create_due = time.monotonic() + CREATE_SETTLE_S
         self._wake.set()
 
     def _queue_create_locked(self, step: _Step) -> None:
@@ -282,6 +292,10 @@ class Workflow:
 
     def _work(self) -> None:
         with self._lock:
+            step = self.step
+            if step is not None and step.create_due is not None \
+                    and time.monotonic() >= step.create_due:
+                self._queue_create_locked(step)
             ready = [c for c in self._closing if self._ready(c)]
             self._closing = [c for c in self._closing if c not in ready]
         for closing in ready:

@@ -92,6 +92,21 @@ def test_one_step_per_recording_lists_only_its_own_instances(tmp_path, scp):
     spool.close()
 
 
+def test_streams_joining_one_by_one_choose_the_image_modality(tmp_path, scp):
+    """record_on_start: the streams join as their descriptors arrive, the pose stream may
+    come first; the N-CREATE waits for the others and says ES (Modality is N-CREATE only)."""
+    spool = Spool(tmp_path)
+    flow = workflow(spool, scp.port)
+    session = worklist_session()
+    for kind in ("pose", "ecg", "video"):
+        flow.begin(example_descriptor(kind, session))
+        flow.started()
+    assert scp.wait_for(lambda s: len(s.received) == 1, 20), flow.status()
+    assert scp.received[0][2].Modality == "ES"
+    flow.close()
+    spool.close()
+
+
 def test_another_case_completes_the_open_step_and_a_crash_is_discontinued(tmp_path, scp):
     spool = Spool(tmp_path)
     flow = workflow(spool, scp.port)
