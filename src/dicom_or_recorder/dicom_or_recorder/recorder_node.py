@@ -6,7 +6,9 @@ stream's latched descriptor and records its samples through a
 :class:`~dicom_or_recorder.segments.StreamRecorder` into the durable spool under
 ``recordings_dir``. A background :class:`~dicom_or_core.scu.storage.StorageSender` stores
 finished instances to the PACS by C-STORE or STOW-RS (``pacs_*`` parameters;
-``pacs_protocol``; ``pacs_port`` 0 / empty ``pacs_stow_url`` = local only).
+``pacs_protocol``; ``pacs_port`` 0 / empty ``pacs_stow_url`` = local only). With
+``mcap_output`` the followed topics are also kept, as received, in a rosbag2 MCAP bag per run
+(:class:`~dicom_or_core.bags.recording.BagRecorder`).
 
 Interfaces:
 
@@ -48,15 +50,19 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ament_index_python.packages import get_package_share_directory
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.serialization import serialize_message
 
 from dicom_or_core.archive.spool import COMMITTED, FINAL, STORED, Journal, Spool
+from dicom_or_core.bags.recording import BagRecorder
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.scu.mpps import MppsPeer
@@ -176,6 +182,9 @@ class RecorderNode(Node):
         status_period_s = p.status_period_s
         self.disk_warn_free_mib = p.disk_warn_free_mib
         self.shutdown_timeout_s = p.shutdown_timeout_s
+        # The followed topics kept as a rosbag2 MCAP bag too (mcap_output, docs/convert.md).
+        self.bag = BagRecorder(p.mcap_output, [Path(get_package_share_directory(
+            "dicom_or_msgs")) / "msg"]) if p.mcap_output else None
 
         try:
             self.spool = Spool(self.recordings_dir, fsync_interval_s)
@@ -288,6 +297,7 @@ class RecorderNode(Node):
         return self._series_override.get(series_uid, self._record_all)
 
     def _on_descriptor(self, followed: _Followed, msg: StreamDescriptor) -> None:
+        self._keep(followed.topic.descriptor_topic, "dicom_or_msgs/msg/StreamDescriptor", msg)
         try:
             descriptor = from_msg(ctx.StreamDescriptor, msg).validate()
             if self.series_filter and descriptor.series_instance_uid not in \
@@ -386,6 +396,8 @@ class RecorderNode(Node):
             if msg.context.series_instance_uid != recorder.descriptor.series_instance_uid:
                 followed.foreign_samples += 1  # before its descriptor, or a stale Series
                 return
+            if followed.recording:
+                self._keep(followed.topic.topic, followed.topic.message_type, msg)
             try:
                 if isinstance(recorder, VideoRecorder):
                     # Only a reference to the frame is queued: the encoder thread encodes
@@ -425,6 +437,23 @@ class RecorderNode(Node):
                 return
         if done:
             self.sender.wake()
+
+    def _keep(self, topic: str, msgtype: str, msg: Any) -> None:
+        """Add a message as received to the ``mcap_output`` bag, when there is one; a
+        failing write (a full disk) is logged, throttled, and never stops recording."""
+        if self.bag is None:
+            return
+        try:
+            self.bag.write(topic, msgtype, self.get_clock().now().nanoseconds,
+                           bytes(serialize_message(msg)))
+        except (DicomOrError, OSError, ValueError) as exc:
+            self.get_logger().error(f"mcap_output: {topic}: {exc}",
+                                    throttle_duration_sec=5.0)
+
+    def _close_bag(self) -> None:
+        """Complete the ``mcap_output`` bag (MCAP summary, metadata.yaml), if any."""
+        if self.bag is not None:
+            self.get_logger().info(f"bag {self.bag.close()}: {self.bag.messages} messages")
 
     def _refused(self, followed: _Followed, exc: Exception) -> None:
         """Count a refused sample by reason; log the first of each reason at once and then
@@ -747,6 +776,7 @@ class RecorderNode(Node):
                     f.sample_node.destroy_node()
                 except (RCLError, RuntimeError):
                     pass
+        self._close_bag()  # no sample comes any more
         deadline = started + self.shutdown_timeout_s
         for f in followed:
             with f.lock:
