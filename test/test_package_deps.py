@@ -51,11 +51,11 @@ ROSDEP_KEYS = {
     "dicomweb_client": "python3-dicomweb-client-pip",
     "foxglove": "python3-foxglove-sdk-pip",
     "highdicom": "python3-highdicom-pip",
-    "pyigtl": "python3-pyigtl-pip",
     "mcap": "python3-mcap-pip",
     "mcap_ros2": "python3-mcap-ros2-support-pip",
-    "wfdb": "python3-wfdb-pip",
+    "pyigtl": "python3-pyigtl-pip",
     "rosbags": "python3-rosbags-pip",
+    "wfdb": "python3-wfdb-pip",
 }
 # ROS 2 packages imported as Python modules: the rosdep key is the package name.
 ROS_PACKAGES = {
