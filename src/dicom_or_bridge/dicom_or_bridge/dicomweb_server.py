@@ -58,6 +58,7 @@ from dicom_or_core.model.context import KIND_VIDEO
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.qr import dicomweb as dw
 from dicom_or_core.qr.model import ModelStore
+from dicom_or_ros.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,29 +151,8 @@ class DicomWebServer:
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Bind and serve in a thread of its own; OSError when the port cannot be bound."""
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self._bind())
-            except BaseException as exc:  # reported to start()'s caller
-                failure.append(exc)
-                started.set()
-                loop.close()
-                return
-            started.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="dicomweb", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout_s):
-            raise OSError(f"DICOMweb service did not start in {timeout_s} s")
-        if failure:
-            self._thread.join()
-            raise failure[0]
+        self._loop, self._thread = start_loop_thread(self._bind, "dicomweb", "DICOMweb service",
+                                                     timeout_s)
         return self.port
 
     async def _bind(self) -> None:

@@ -4,5 +4,6 @@
 :mod:`.params` (typed parameters), :mod:`.runtime` (process set-up and ``run_node``),
 :mod:`.graph` (streams found by their descriptors), :mod:`.image` (frames <-> arrays),
 :mod:`.diagnostics` (``/diagnostics``), :mod:`.logging_bridge` (standard logging to
-``/rosout``). Test isolation (per-test DDS domains) is test support, never installed.
+``/rosout``), :mod:`.loop_thread` (an asyncio loop beside the executor, for the
+nodes' HTTP services). Test isolation (per-test DDS domains) is test support, never installed.
 """

@@ -47,6 +47,7 @@ from aiohttp import web
 from pydicom import dcmread
 
 from dicom_or_core.model.errors import DicomOrError
+from dicom_or_ros.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -117,29 +118,8 @@ class ViewServer:
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Bind and serve in a thread of its own; OSError when the port cannot be bound."""
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self._bind())
-            except BaseException as exc:  # reported to start()'s caller
-                failure.append(exc)
-                started.set()
-                loop.close()
-                return
-            started.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="or_view_http", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout_s):
-            raise OSError(f"the OR view did not start in {timeout_s} s")
-        if failure:
-            self._thread.join()
-            raise failure[0]
+        self._loop, self._thread = start_loop_thread(self._bind, "or_view_http", "the OR view",
+                                                     timeout_s)
         return self.port
 
     async def _bind(self) -> None:

@@ -410,7 +410,7 @@ def apply_general_equipment_module(ds: Dataset, equipment: Equipment) -> Dataset
     return ds
 
 
-def _code(value: str, scheme: str, meaning: str) -> list[Dataset]:
+def code_sequence(value: str, scheme: str, meaning: str) -> list[Dataset]:
     """A Code Sequence of one Code Sequence Macro item (PS3.3 Table 8.8-1), or none."""
     if not (value and scheme):
         return []
@@ -432,9 +432,9 @@ def request_item(request: RequestAttributes, *, sr: bool = False) -> Dataset:
     item.AccessionNumber = request.accession_number
     item.RequestedProcedureID = request.requested_procedure_id
     item.RequestedProcedureDescription = request.requested_procedure_description
-    item.RequestedProcedureCodeSequence = _code(request.requested_procedure_code_value,
-                                                request.requested_procedure_code_scheme,
-                                                request.requested_procedure_code_meaning)
+    item.RequestedProcedureCodeSequence = code_sequence(request.requested_procedure_code_value,
+                                                        request.requested_procedure_code_scheme,
+                                                        request.requested_procedure_code_meaning)
     if sr:
         return item
     if not item.RequestedProcedureCodeSequence:
@@ -447,9 +447,9 @@ def request_item(request: RequestAttributes, *, sr: bool = False) -> Dataset:
         item.ScheduledProcedureStepID = request.scheduled_procedure_step_id
     if request.scheduled_procedure_step_description:
         item.ScheduledProcedureStepDescription = request.scheduled_procedure_step_description
-    protocol = _code(request.scheduled_protocol_code_value,
-                     request.scheduled_protocol_code_scheme,
-                     request.scheduled_protocol_code_meaning)
+    protocol = code_sequence(request.scheduled_protocol_code_value,
+                             request.scheduled_protocol_code_scheme,
+                             request.scheduled_protocol_code_meaning)
     if protocol:
         item.ScheduledProtocolCodeSequence = protocol
     return item

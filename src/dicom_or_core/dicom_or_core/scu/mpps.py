@@ -136,14 +136,6 @@ def step_modality(modalities: Iterable[str]) -> str:
     return ordered[0]
 
 
-def _code(value: str, scheme: str, meaning: str) -> list[Dataset]:
-    if not (value and scheme):
-        return []
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return [item]
-
-
 def scheduled_step_item(request: ctx.RequestAttributes) -> Dataset:
     """One Scheduled Step Attributes Sequence (0040,0270) item (PS3.4 Table F.7.2-1:
     Study Instance UID type 1, the rest type 2, written empty when unknown)."""
@@ -155,9 +147,9 @@ def scheduled_step_item(request: ctx.RequestAttributes) -> Dataset:
     item.RequestedProcedureDescription = request.requested_procedure_description
     item.ScheduledProcedureStepID = request.scheduled_procedure_step_id
     item.ScheduledProcedureStepDescription = request.scheduled_procedure_step_description
-    item.ScheduledProtocolCodeSequence = _code(request.scheduled_protocol_code_value,
-                                               request.scheduled_protocol_code_scheme,
-                                               request.scheduled_protocol_code_meaning)
+    item.ScheduledProtocolCodeSequence = ctx.code_sequence(request.scheduled_protocol_code_value,
+                                                           request.scheduled_protocol_code_scheme,
+                                                           request.scheduled_protocol_code_meaning)
     return item
 
 
@@ -187,14 +179,14 @@ def n_create_dataset(step: PerformedStep) -> Dataset:
     ds.PerformedProcedureStepDescription = step.description
     ds.PerformedProcedureTypeDescription = ""
     first = session.requests[0]
-    ds.ProcedureCodeSequence = _code(first.requested_procedure_code_value,
-                                     first.requested_procedure_code_scheme,
-                                     first.requested_procedure_code_meaning)
+    ds.ProcedureCodeSequence = ctx.code_sequence(first.requested_procedure_code_value,
+                                                 first.requested_procedure_code_scheme,
+                                                 first.requested_procedure_code_meaning)
     ds.Modality = step.modality
     ds.StudyID = session.study.study_id
-    ds.PerformedProtocolCodeSequence = _code(first.scheduled_protocol_code_value,
-                                             first.scheduled_protocol_code_scheme,
-                                             first.scheduled_protocol_code_meaning)
+    ds.PerformedProtocolCodeSequence = ctx.code_sequence(first.scheduled_protocol_code_value,
+                                                         first.scheduled_protocol_code_scheme,
+                                                         first.scheduled_protocol_code_meaning)
     ds.PerformedSeriesSequence = []
     return ds
 
@@ -240,7 +232,7 @@ def n_set_dataset(status: str, series: Sequence[PerformedSeries],
     ds.PerformedSeriesSequence = [performed_series_item(s) for s in series]
     if status == DISCONTINUED:
         code = reason or DISCONTINUED_REASON
-        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = _code(
+        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = ctx.code_sequence(
             code.value, code.scheme_designator, code.meaning)
     return ds
 
