@@ -78,7 +78,7 @@ def test_a_study_is_pulled_from_orthanc_and_replays(recording, tmp_path):  # noq
 
     from dicom_or_test_common.peers import Orthanc
 
-    with Orthanc(tmp_path / "orthanc").start() as orthanc:
+    with Orthanc(tmp_path / "orthanc") as orthanc:
         for path in sorted(Path(recording["root"]).rglob("*.dcm")):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{orthanc.http_port}/instances", data=path.read_bytes(),

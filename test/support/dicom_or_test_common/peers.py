@@ -88,7 +88,11 @@ class Orthanc:
         return config
 
     def start(self, timeout_s: float = 30.0) -> Orthanc:
-        """Write the configuration, start Orthanc and wait until its REST API answers."""
+        """Write the configuration, start Orthanc and wait until its REST API answers.
+        Already running: nothing to do (``with Orthanc(...).start() as o`` would otherwise
+        start a second server and leave the first one running after the test)."""
+        if self.process is not None and self.process.poll() is None:
+            return self
         if not Path(ORTHANC_BINARY).is_file():
             raise FileNotFoundError(f"{ORTHANC_BINARY} is not installed (apt-get install "
                                     "orthanc)")
