@@ -47,7 +47,6 @@ from dicom_or_core.replay.sources import (
 )
 from dicom_or_drivers.stream import (
     SOURCE_LOST,
-    STARTING,
     DriverParameters,
     SampleStamp,
     SessionFollower,
@@ -129,17 +128,10 @@ class ReplayStream(StreamPublisher):
             self._node.get_logger().error(f"{self.topic}: recorded Series is not replayable: "
                                           f"{exc}")
             return
-        self.series_number = descriptor.series_number
-        self.sequence = 0
-        self._series_start_ns = time.time_ns()
-        self._publish_descriptor(descriptor)
-        self._node.get_logger().info(
-            f"{self.topic}: replaying Series {descriptor.series_number} "
-            f"{descriptor.series_instance_uid} ({descriptor.modality}) of Study "
-            f"{session.study.study_instance_uid}")
-        if self.state == STARTING:
-            self.message = "replay starting"
-            self._publish_status()
+        self._begin_series(descriptor, f"{self.topic}: replaying Series "
+                           f"{descriptor.series_number} {descriptor.series_instance_uid} "
+                           f"({descriptor.modality}) of Study "
+                           f"{session.study.study_instance_uid}", "replay starting")
 
 
 class ReplayNode(Node):

@@ -293,16 +293,22 @@ class StreamPublisher:
         except DicomOrError as exc:
             self._node.get_logger().error(f"{self.topic}: cannot start a Series: {exc}")
             return
-        self.series_number += 1
+        self._begin_series(descriptor, f"{self.topic}: Series {descriptor.series_number} "
+                           f"{descriptor.series_instance_uid} of Study "
+                           f"{session.study.study_instance_uid} ({config.modality})",
+                           "Series started, waiting for the first sample")
+
+    def _begin_series(self, descriptor: ctx.StreamDescriptor, log_line: str,
+                      starting_message: str) -> None:
+        """A validated ``descriptor`` becomes the stream's Series: its number, sequence 0,
+        the latched descriptor published, and a STARTING stream says so."""
+        self.series_number = descriptor.series_number
         self.sequence = 0
         self._series_start_ns = time.time_ns()
         self._publish_descriptor(descriptor)
-        self._node.get_logger().info(
-            f"{self.topic}: Series {descriptor.series_number} "
-            f"{descriptor.series_instance_uid} of Study "
-            f"{session.study.study_instance_uid} ({config.modality})")
+        self._node.get_logger().info(log_line)
         if self.state == STARTING:
-            self.message = "Series started, waiting for the first sample"
+            self.message = starting_message
             self._publish_status()
 
     def _publish_descriptor(self, descriptor: ctx.StreamDescriptor) -> None:
