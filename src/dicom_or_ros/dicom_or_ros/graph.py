@@ -3,6 +3,11 @@
 A *stream* is a topic whose type is one of the project's sample messages; its static
 description is latched on ``<topic>/descriptor``. The bridge and the recorder find streams
 with :func:`discover_streams`, so a new driver needs no registration anywhere.
+
+A video stream is either raw (``ImageFrame``, descriptor ``video_codec`` "") or encoded at
+the camera (``VideoPacket``, ``video_codec`` "h264"); both are KIND_VIDEO streams and are
+discovered, described and listed alike. :func:`is_encoded_video` tells them apart by the
+message type, which every consumer needs anyway to create its subscription.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ DEVICE_STATUS_TOPIC = "/or/device_status"
 DESCRIPTOR_SUFFIX = "/descriptor"
 
 IMAGE_FRAME_TYPE = "dicom_or_msgs/msg/ImageFrame"
+VIDEO_PACKET_TYPE = "dicom_or_msgs/msg/VideoPacket"
 POSE_SAMPLE_TYPE = "dicom_or_msgs/msg/PoseSample"
 WAVEFORM_CHUNK_TYPE = "dicom_or_msgs/msg/WaveformChunk"
-STREAM_TYPES = (IMAGE_FRAME_TYPE, POSE_SAMPLE_TYPE, WAVEFORM_CHUNK_TYPE)
+STREAM_TYPES = (IMAGE_FRAME_TYPE, VIDEO_PACKET_TYPE, POSE_SAMPLE_TYPE, WAVEFORM_CHUNK_TYPE)
+VIDEO_TYPES = (IMAGE_FRAME_TYPE, VIDEO_PACKET_TYPE)
+
+
+def is_encoded_video(message_type: str) -> bool:
+    """Whether a stream of ``message_type`` carries encoded access units (``VideoPacket``,
+    decoded where pixels are needed) rather than raw frames."""
+    return message_type == VIDEO_PACKET_TYPE
 
 
 @dataclass(frozen=True)

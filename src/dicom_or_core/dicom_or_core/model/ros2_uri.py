@@ -5,7 +5,10 @@ tells a DICOM client how to subscribe with a URI of this form::
 
     ros2:<topic>?type=<package>/msg/<Type>&qos=<profile>&domain=<ROS_DOMAIN_ID>
 
-for example ``ros2:/or/endoscope/frames?type=dicom_or_msgs/msg/ImageFrame&qos=video&domain=0``.
+for example ``ros2:/or/endoscope/frames?type=dicom_or_msgs/msg/ImageFrame&qos=video&domain=0``,
+or, for a video stream encoded at the camera (descriptor ``video_codec`` "h264"),
+``ros2:/or/endoscope/frames?type=dicom_or_msgs/msg/VideoPacket&qos=video_compressed&domain=0``:
+the type tells a subscriber which message to create (and whether it must decode).
 
 * ``<topic>`` is the fully qualified topic name (starts with ``/``; ROS names use only
   ``[A-Za-z0-9_/]``, so no percent-encoding is ever needed).
