@@ -100,6 +100,7 @@ def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    teardown: _TeardownWatchdog | None = None
     try:
         try:
             init = rclpy.init(args=args if args is not None else sys.argv,
@@ -132,11 +133,49 @@ def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int
                 if close is not None:
                     close()
                 logging_bridge.remove()
+                # From here on the node's own work is done (its close() made every file
+                # final and published its last status); what is left is middleware teardown.
+                teardown = _TeardownWatchdog(node.get_fully_qualified_name())
                 executor.shutdown(timeout_sec=5.0)
                 node.destroy_node()
     except KeyboardInterrupt:
         pass
     finally:
+        if teardown is not None:  # the context is shut down too: leaving ``with init`` did it
+            teardown.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+TEARDOWN_GRACE_S = 3.0
+
+
+class _TeardownWatchdog:
+    """Bound the middleware teardown that follows a node's orderly stop.
+
+    rclpy's ``Node.destroy_node`` (rcl_node_fini -> rmw_fastrtps) was seen to block
+    indefinitely, once in a few hundred stops, with only the main thread alive on the Python
+    side (a known class of DDS teardown hangs: ros2/rclpy#456, eProsima/Fast-DDS#235). By
+    then the node has nothing left to lose: its files are final and its STOPPED status is
+    out. Rather than leave a launcher to SIGKILL it after its grace (which reads as a failed
+    stop), the process prints every thread's stack and exits 0 after
+    :data:`TEARDOWN_GRACE_S`; the stacks keep the hang diagnosable.
+    """
+
+    def __init__(self, node_name: str, grace_s: float = TEARDOWN_GRACE_S) -> None:
+        self._node_name = node_name
+        self._timer = threading.Timer(grace_s, self._expire, args=(grace_s,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, grace_s: float) -> None:
+        print(f"[WARN] {self._node_name}: the middleware teardown did not finish in "
+              f"{grace_s:g} s after the node stopped (its work is complete); exiting "
+              "without it. Thread stacks follow.", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+    def cancel(self) -> None:
+        self._timer.cancel()

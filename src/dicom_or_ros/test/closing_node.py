@@ -1,6 +1,11 @@
-"""Child process of test_params_runtime: a node whose close() must still be able to publish."""
+"""Child process of test_params_runtime: a node whose close() must still be able to publish.
 
+``HANG_TEARDOWN=1``: its ``destroy_node`` never returns, as rmw teardown was seen to do.
+"""
+
+import os
 import sys
+import threading
 
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -20,6 +25,11 @@ class ClosingNode(Node):
     def close(self) -> None:
         self.pub.publish(String(data="bye"))  # raises if the context is already shut down
         print("CLOSED", flush=True)
+
+    def destroy_node(self) -> None:
+        if os.environ.get("HANG_TEARDOWN") == "1":
+            threading.Event().wait()  # blocks like a middleware teardown that never ends
+        super().destroy_node()
 
 
 if __name__ == "__main__":

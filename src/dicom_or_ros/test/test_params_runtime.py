@@ -12,6 +12,7 @@ from rclpy.parameter import Parameter
 
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_ros.params import declare
+from dicom_or_ros.runtime import TEARDOWN_GRACE_S
 
 HERE = Path(__file__).parent
 
@@ -68,6 +69,26 @@ def test_close_runs_with_the_context_alive_on_stop_signals(stop_signal):
     assert child.returncode == 0, err
     assert "CLOSED" in out, err
     assert "Traceback" not in err
+
+
+def test_a_teardown_that_hangs_after_close_is_bounded_and_leaves_its_stacks():
+    """close() ran (the node's work is done), then destroy_node blocks: the process exits 0
+    after the teardown grace with a warning and every thread's stack, not when a launcher
+    loses patience and SIGKILLs it."""
+    with reserved_domain_id() as domain:
+        child = subprocess.Popen([sys.executable, str(HERE / "closing_node.py")],
+                                 env={**isolated_env(domain), "HANG_TEARDOWN": "1"},
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(signal.SIGINT)
+        try:
+            out, err = child.communicate(timeout=TEARDOWN_GRACE_S + 15)
+        finally:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "CLOSED" in out
+    assert "/closing_node: the middleware teardown did not finish in 3 s" in err, err
+    assert "in destroy_node" in err, err   # the stack of the hang, for diagnosis
 
 
 @pytest.mark.parametrize("args,words", [
