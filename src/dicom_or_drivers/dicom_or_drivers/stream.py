@@ -171,6 +171,7 @@ class StreamConfig:
     rows: int = 0
     columns: int = 0
     pixel_encoding: str = ""
+    video_codec: str = ""           # "" raw ImageFrames, "h264" VideoPackets
     sampling_frequency_hz: float = 0.0
     channels: list[ctx.WaveformChannel] = field(default_factory=list)
     tool_ids: list[str] = field(default_factory=list)
@@ -286,6 +287,7 @@ class StreamPublisher:
             position_reference_indicator=config.position_reference_indicator,
             tf_frame_id=config.tf_frame_id, equipment=self._params.equipment,
             rows=config.rows, columns=config.columns, pixel_encoding=config.pixel_encoding,
+            video_codec=config.video_codec,
             sampling_frequency_hz=float(config.sampling_frequency_hz),
             channels=list(config.channels), tool_ids=list(config.tool_ids))
         try:

@@ -123,11 +123,13 @@ class PacketEncoder:
     """Encode frames one by one into packets (zero latency: one packet per frame).
 
     ``quality`` is the CRF (H.264/HEVC; lower is better) or the fixed quantiser for MPEG-2.
+    ``x264_extra``: more ``key=value`` x264 options (``:``-separated), appended to the ones
+    the transfer syntax needs (see :func:`dicom_or_core.iod.h264.live_encoder`).
     """
 
     def __init__(self, choice: CodecChoice, rows: int, columns: int, pixel_encoding: str,
                  rate_hz: float, quality: int = 18, preset: str = "superfast",
-                 threads: int = 0) -> None:
+                 threads: int = 0, x264_extra: str = "") -> None:
         if pixel_encoding not in _AV_FORMATS:
             raise DicomOrError("descriptor.pixel_encoding", "must be rgb8, bgr8 or mono8",
                                pixel_encoding)
@@ -152,7 +154,8 @@ class PacketEncoder:
                     "crf": str(quality), "level": choice.level,
                     "x264-params": f"level={level}:vbv-maxrate={choice.max_bit_rate_kbps}:"
                                    f"vbv-bufsize={choice.max_bit_rate_kbps}:keyint={gop}:"
-                                   "bframes=0:rc-lookahead=0:sync-lookahead=0:repeat-headers=1"}
+                                   "bframes=0:rc-lookahead=0:sync-lookahead=0:repeat-headers=1"
+                                   + (f":{x264_extra}" if x264_extra else "")}
         elif choice.name == "hevc":
             opts = {"preset": preset, "tune": "zerolatency",
                     "x265-params": f"crf={quality}:profile=main:level-idc=51:vbv-maxrate="

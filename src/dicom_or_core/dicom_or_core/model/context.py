@@ -21,6 +21,8 @@ from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.pixels import PIXEL_ENCODINGS  # noqa: F401 (part of the model)
 from dicom_or_core.model.stream import StreamKind
 
+VIDEO_CODECS = ("", "h264")  # StreamDescriptor.video_codec: raw frames, H.264 packets
+
 # Short names for the kinds (model/stream.py defines them).
 KIND_VIDEO = StreamKind.VIDEO
 KIND_POSE = StreamKind.POSE
@@ -240,6 +242,9 @@ class StreamDescriptor:
     rows: int = 0
     columns: int = 0
     pixel_encoding: str = ""
+    # "" raw frames (ImageFrame); "h264" H.264 access units (VideoPacket), encoded where the
+    # camera is; pixel_encoding is then the encoder's input.
+    video_codec: str = ""
     sampling_frequency_hz: float = 0.0
     channels: list[WaveformChannel] = field(default_factory=list)
     tool_ids: list[str] = field(default_factory=list)
@@ -274,14 +279,7 @@ class StreamDescriptor:
                     self.position_reference_indicator)
         self.equipment.validate(f"{prefix}.equipment")
         if self.kind == KIND_VIDEO:
-            if self.rows <= 0 or self.columns <= 0 or self.rows > 65535 \
-                    or self.columns > 65535:
-                raise DicomOrError(f"{prefix}.rows", "video needs 1..65535 rows and columns",
-                                   (self.rows, self.columns))
-            if self.pixel_encoding not in PIXEL_ENCODINGS:
-                raise DicomOrError(f"{prefix}.pixel_encoding",
-                                   f"must be one of {', '.join(PIXEL_ENCODINGS)}",
-                                   self.pixel_encoding)
+            self._validate_video(prefix)
         if self.kind == KIND_WAVEFORM:
             if self.sampling_frequency_hz <= 0:
                 raise DicomOrError(f"{prefix}.sampling_frequency_hz", "must be greater than 0",
@@ -293,6 +291,19 @@ class StreamDescriptor:
         if self.kind == KIND_POSE and not self.tool_ids:
             raise DicomOrError(f"{prefix}.tool_ids", "a pose stream needs at least 1 tool")
         return self
+
+    def _validate_video(self, prefix: str) -> None:
+        """A video stream's geometry, pixel encoding and wire codec."""
+        if self.rows <= 0 or self.columns <= 0 or self.rows > 65535 or self.columns > 65535:
+            raise DicomOrError(f"{prefix}.rows", "video needs 1..65535 rows and columns",
+                               (self.rows, self.columns))
+        if self.pixel_encoding not in PIXEL_ENCODINGS:
+            raise DicomOrError(f"{prefix}.pixel_encoding",
+                               f"must be one of {', '.join(PIXEL_ENCODINGS)}",
+                               self.pixel_encoding)
+        if self.video_codec not in VIDEO_CODECS:
+            raise DicomOrError(f"{prefix}.video_codec", 'must be "" (raw frames) or "h264"',
+                               self.video_codec)
 
 
 # ---------------------------------------------------------------------------------------
