@@ -19,27 +19,36 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom.config
 from pydicom.dataset import Dataset
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from rclpy.subscription import Subscription
 from std_msgs.msg import String, UInt16
 
 from dicom_or_bridge.dicomweb_server import DicomWebConfig, DicomWebServer
 from dicom_or_bridge.scp import BridgeScp, ScpConfig, parse_destination, tls_context
 from dicom_or_bridge.snapshot import snapshot_dataset
+from dicom_or_core.iod.packet_decoder import PacketDecodeError, PacketDecoder
 from dicom_or_core.model.context import KIND_VIDEO, StreamDescriptor
 from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.stream import StreamState
 from dicom_or_core.qr.model import ArchiveIndex, LiveStream, ModelStore
-from dicom_or_msgs.msg import DeviceStatus, ImageFrame
+from dicom_or_msgs.msg import DeviceStatus, ImageFrame, VideoPacket
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_ros.convert import from_msg
 from dicom_or_ros.diagnostics import NODE_ENTRY, OK, WARN, Health, diagnostics_for
-from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, descriptor_topic, discover_streams
+from dicom_or_ros.graph import (
+    DEVICE_STATUS_TOPIC,
+    descriptor_topic,
+    discover_streams,
+    is_encoded_video,
+)
 from dicom_or_ros.image import image_to_array
 from dicom_or_ros.logging_bridge import LastProblem
 from dicom_or_ros.params import load_parameters
@@ -165,14 +174,26 @@ class DicomBridgeNode(Node):
 
     def _snapshot(self, series_uid: str) -> Dataset | None:
         """Called from a pynetdicom thread: subscribe to the live video stream of
-        ``series_uid`` just long enough to get one frame and return it as a DICOM image.
-        No frame subscription exists otherwise (1080p frames are not free)."""
+        ``series_uid`` just long enough to get one picture and return it as a DICOM image.
+        No frame subscription exists otherwise (1080p frames are not free).
+
+        A raw stream (``ImageFrame``) gives its next frame. An encoded stream
+        (``VideoPacket``, descriptor ``video_codec`` h264) can only be decoded from a key
+        frame: the access units are collected from the next key frame on and decoded, so
+        the answer takes up to one key-frame interval (one second, the drivers' GOP) plus
+        the decoding; both are bounded by ``snapshot_timeout_s`` (None after it)."""
         # The store's copy: this runs in a pynetdicom thread, the executor owns the dicts.
         descriptor = next((s.descriptor for s in self.store.streams()
                            if s.descriptor.series_instance_uid == series_uid
                            and s.descriptor.kind == KIND_VIDEO), None)
         if descriptor is None:
             return None
+        if is_encoded_video(descriptor.message_type):
+            picture = self._decoded_picture(descriptor)
+            if picture is None:
+                return None
+            pixels, acquired_ns = picture
+            return snapshot_dataset(descriptor, pixels, "rgb8", acquired_ns)
         got: list[ImageFrame] = []
         arrived = threading.Event()
 
@@ -192,9 +213,51 @@ class DicomBridgeNode(Node):
             self.destroy_subscription(sub)
         image = got[0].image
         pixels = image_to_array(image)
-        stamp = got[0].context.acquisition_time
-        acquired_ns = stamp.sec * 1_000_000_000 + stamp.nanosec if stamp.sec else None
-        return snapshot_dataset(descriptor, pixels, image.encoding, acquired_ns)
+        return snapshot_dataset(descriptor, pixels, image.encoding,
+                                _acquired_ns(got[0].context.acquisition_time))
+
+    def _decoded_picture(self, descriptor: StreamDescriptor) -> tuple[np.ndarray, int | None] \
+            | None:
+        """The first picture decoded from an encoded stream's access units, collected from
+        the next key frame on, as RGB with its acquisition time; None when none decoded
+        within ``snapshot_timeout_s`` (no key frame came, or only undecodable ones)."""
+        collected: list[VideoPacket] = []
+        arrived = threading.Condition()
+        started = [False]
+
+        def on_packet(msg: VideoPacket) -> None:
+            with arrived:
+                if started[0] or msg.key_frame:   # decoding can only begin at a key frame
+                    started[0] = True
+                    collected.append(msg)
+                    arrived.notify()
+
+        sub = self.create_subscription(VideoPacket, descriptor.topic, on_packet,
+                                       adapt_request_to_offers(self, descriptor.topic,
+                                                               _packet_qos(descriptor)))
+        decoder = PacketDecoder(getattr(descriptor, "video_codec", "") or "h264")
+        deadline = time.monotonic() + self._snapshot_timeout
+        try:
+            while True:
+                with arrived:
+                    while not collected:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not arrived.wait(remaining):
+                            return None
+                    batch = list(collected)
+                    collected.clear()
+                for msg in batch:
+                    try:
+                        pictures = decoder.decode(msg.data, msg.key_frame,
+                                                  msg.context.sequence, msg.pts, msg.format)
+                    except PacketDecodeError as exc:   # the next key frame may decode
+                        self.get_logger().warning(f"snapshot of {descriptor.topic}: {exc}")
+                        continue
+                    if pictures:
+                        return pictures[-1].to_ndarray("rgb8"), \
+                            _acquired_ns(msg.context.acquisition_time)
+        finally:
+            self.destroy_subscription(sub)
 
     def _health(self) -> Health:
         """The SCP's load and the streams it lists; WARN for a minute after the SCP or the
@@ -228,6 +291,22 @@ class DicomBridgeNode(Node):
         if self.dicomweb is not None:
             self.dicomweb.stop()
         self.store.close()   # its archive-index thread; after the SCP, whose handlers read it
+
+
+def _acquired_ns(stamp: Any) -> int | None:
+    """A sample context's acquisition time in nanoseconds; None when it is unset."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec if stamp.sec else None
+
+
+def _packet_qos(descriptor: StreamDescriptor) -> QoSProfile:
+    """The profile an encoded stream's access units are subscribed from (history and depth;
+    reliability and durability are adapted to the publishers): the descriptor's, or
+    ``video_recording`` (a second of depth) where this host's QoS file lacks it. Every
+    access unit matters: a lost one stops decoding until the next key frame."""
+    try:
+        return named_qos(descriptor.qos_profile or "video_compressed")
+    except DicomOrError:
+        return named_qos("video_recording")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -125,3 +125,51 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
                    check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+H264_SERIES = "1.2.826.0.1.3680043.8.498.12"
+
+
+def h264_descriptor_msg(uid: str = H264_SERIES, topic: str = "/or/encoded_scope/frames"):
+    """The descriptor message of a camera-side encoded endoscope stream (VideoPacket,
+    video_codec h264, 320x240 at 30 fps)."""
+    from dicom_or_ros.convert import to_msg
+
+    msg = to_msg(video(uid, topic))
+    msg.stream_uuid = "u-h264-" + uid
+    msg.message_type, msg.video_codec = "dicom_or_msgs/msg/VideoPacket", "h264"
+    msg.qos_profile, msg.rows, msg.columns = "video_compressed", 240, 320
+    msg.series_description = "Encoded endoscope"
+    return msg
+
+
+def publish_packets(node, descriptor_msg, packets, rate_hz: float = 30.0):
+    """Latch ``descriptor_msg`` and publish ``packets`` (dicom_or_test_common.video_packets)
+    on its topic at ``rate_hz`` from a timer of ``node``, RELIABLE as a driver's
+    video_compressed publisher; the list repeats (it must start with a key frame and hold
+    whole GOPs), the sequence keeps counting. Returns (descriptor publisher, publisher,
+    timer)."""
+    import time
+
+    from dicom_or_test_common.video_packets import packet_message
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
+    from dicom_or_msgs.msg import VideoPacket
+    from dicom_or_ros.graph import descriptor_topic
+    from dicom_or_ros.qos import named_qos
+
+    desc_pub = node.create_publisher(StreamDescriptorMsg, descriptor_topic(descriptor_msg.topic),
+                                     named_qos("descriptor"))
+    desc_pub.publish(descriptor_msg)
+    pub = node.create_publisher(VideoPacket, descriptor_msg.topic,
+                                QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE))
+    sequence = [0]
+
+    def tick() -> None:
+        n = sequence[0]
+        pub.publish(packet_message(packets[n % len(packets)], n,
+                                   descriptor_msg.series_instance_uid, time.time_ns()))
+        sequence[0] += 1
+
+    return desc_pub, pub, node.create_timer(1.0 / rate_hz, tick)

@@ -263,6 +263,57 @@ def test_c_move_of_a_live_video_series_delivers_the_current_frame_to_storescp(gr
     assert image.PixelData == np.repeat(pixels[..., None], 3, axis=2).tobytes()
 
 
+def test_an_h264_stream_is_listed_and_its_snapshot_is_decoded(graph):
+    """A camera-side encoded stream (VideoPacket, video_codec h264) is a Series like a raw
+    one: C-FIND lists it with a Retrieve URL naming VideoPacket, and C-GET decodes the
+    access units from the next key frame into a VL Endoscopic Image of the stream's size."""
+    import numpy as np
+    from bridge_fixtures import H264_SERIES, h264_descriptor_msg, publish_packets
+    from dicom_or_test_common.video_packets import barcode_frame, encode, read_barcode
+    from pynetdicom import build_role, evt
+
+    from dicom_or_core.iod.codec import psnr
+    from dicom_or_core.model.ros2_uri import parse
+
+    bridge, driver = graph
+    descriptor = h264_descriptor_msg()
+    publish_packets(driver, descriptor, encode(60))   # key frames at 0 and 30
+    assert wait_for(lambda: H264_SERIES in series_descriptions(bridge.scp.port), 10.0) \
+        is not None
+    ae = AE(ae_title="TEST_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(FIND)
+    get = sc.StudyRootQueryRetrieveInformationModelGet
+    ae.add_requested_context(get)
+    ae.add_requested_context(sc.VLEndoscopicImageStorage)
+    received = []
+    assoc = ae.associate("127.0.0.1", bridge.scp.port, ae_title="DICOM_OR",
+                         ext_neg=[build_role(sc.VLEndoscopicImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE,
+                                        lambda e: received.append(e.dataset) or 0)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = STUDY
+    query.SeriesInstanceUID = H264_SERIES
+    query.RetrieveURL = ""
+    (url,) = [str(a.RetrieveURL) for s, a in assoc.send_c_find(query, FIND)
+              if s and s.Status == 0xFF00]
+    uri = parse(url)
+    assert (uri.topic, uri.message_type, uri.qos_profile) == \
+        (descriptor.topic, "dicom_or_msgs/msg/VideoPacket", "video_compressed")
+    del query.RetrieveURL
+    statuses = [s.Status for s, _ in assoc.send_c_get(query, get)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    (image,) = received
+    assert image.SeriesInstanceUID == H264_SERIES
+    assert (image.Rows, image.Columns, image.PhotometricInterpretation) == (240, 320, "RGB")
+    pixels = np.frombuffer(image.PixelData, np.uint8).reshape(240, 320, 3)   # native RGB
+    shown = read_barcode(pixels)
+    assert psnr(pixels, barcode_frame(shown)) > 30   # a clean picture, not a corrupted one
+
+
 def _driver_script(name: str) -> str:
     from pathlib import Path
 

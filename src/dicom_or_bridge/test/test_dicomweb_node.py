@@ -106,6 +106,45 @@ def test_node_serves_a_live_stream_over_dicomweb(graph):
     assert bridge._health().values["http_refused"] == 1
 
 
+def test_qido_lists_an_h264_stream_and_wado_renders_its_decoded_picture(graph):
+    """An encoded stream (VideoPacket) over DICOMweb: QIDO-RS lists the live Series with a
+    ros2: Retrieve URL naming VideoPacket, and /rendered is its decoded current picture."""
+    from bridge_fixtures import H264_SERIES, h264_descriptor_msg, publish_packets
+    from dicom_or_test_common.video_packets import barcode_frame, encode, read_barcode
+
+    from dicom_or_core.iod.codec import psnr
+
+    bridge, driver = graph
+    url = bridge.dicomweb.base_url
+    descriptor = h264_descriptor_msg()
+    publish_packets(driver, descriptor, encode(60))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    found: list[dict] = []
+    listed = threading.Event()
+
+    def poll() -> None:
+        while not listed.is_set():
+            answer = requests.get(f"{url}/studies/{STUDY}/series", headers=auth, timeout=5)
+            if answer.status_code == 200 and answer.json():
+                found.extend(answer.json())
+                listed.set()
+                return
+            listed.wait(0.05)
+
+    threading.Thread(target=poll, daemon=True).start()
+    assert listed.wait(10), "the live series never appeared in QIDO-RS"
+    (series,) = found
+    assert series["0020000E"]["Value"] == [H264_SERIES]
+    assert series["00081190"]["Value"][0].startswith(
+        f"ros2:{descriptor.topic}?type=dicom_or_msgs/msg/VideoPacket&qos=video_compressed")
+    rendered = requests.get(f"{url}/studies/{STUDY}/series/{H264_SERIES}/rendered",
+                            headers={**auth, "Accept": "image/png"}, timeout=15)
+    assert rendered.status_code == 200, rendered.text
+    pixels = np.asarray(Image.open(io.BytesIO(rendered.content)).convert("RGB"))
+    assert pixels.shape == (240, 320, 3)
+    assert psnr(pixels, barcode_frame(read_barcode(pixels))) > 30
+
+
 def _run_bridge(*args: str) -> subprocess.CompletedProcess:
     with reserved_domain_id() as domain:
         return subprocess.run([console_script("dicom_bridge"), "--ros-args", "-p", "port:=0",
