@@ -40,6 +40,7 @@ setup(
             'dicom_or_demo = dicom_or_bringup.demo:main',
             'or_status = dicom_or_bringup.status_node:main',
             'dicom_or_convert = dicom_or_bringup.convert_tool:main',
+            'dicom_or_discovery_server = dicom_or_bringup.discovery_server:main',
         ],
     },
 )

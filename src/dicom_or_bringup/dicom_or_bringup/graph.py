@@ -16,7 +16,8 @@ the subset the project uses, with the meaning ``launch`` / ``launch_ros`` give i
           {pkg: ..., exec: ..., name: ..., namespace: /or, output: screen,
            sigterm_timeout: 10.0, sigkill_timeout: 10.0, if: ..., unless: ...,
            param: [{from: <file>}, {name: port, value: $(var bridge_port), type: int}],
-           remap: [{from: image, to: /or/endoscope/image_raw}]}
+           remap: [{from: image, to: /or/endoscope/image_raw}],
+           env: [{name: ROS_SUPER_CLIENT, value: "TRUE"}]}
 
 Substitutions: ``$(var name)``, ``$(find-pkg-share package)``, ``$(equals a b)``
 (arguments unquoted, or quoted with '...' / "..."; not an empty '' or "", which launch
@@ -30,7 +31,8 @@ The rules copied from launch, because they decide what a node gets:
 * launch configurations are one global scope: command-line values first, an ``arg`` sets
   its default only when not given; an ``include`` does not scope (``launch`` does not
   either), so an included file sees the values given to the top-level one.
-* ``set_env`` applies to the nodes that come after it.
+* ``set_env`` applies to the nodes that come after it; a node's own ``env`` entries
+  (launch's ``additional_env`` of ExecuteProcess) apply to that node only and win over it.
 * ``if`` / ``unless``: the text, stripped and lower-cased, must be true/1 or false/0.
 * a parameter value with ``type`` is converted like launch's ``coerce_to_type`` (int("30.0")
   fails, float("30") is 30.0); without ``type`` it is read as YAML (``"[ecg, hemodynamic]"``
@@ -81,13 +83,14 @@ SCHEMA: dict[str, dict[str, type]] = {
     "include": {"file": Str, **_CONDITION},
     "node": {"pkg": Str, "exec": Str, "name": Str, "namespace": Str, "output": Str,
              "param": Entries, "remap": Entries, "sigterm_timeout": Float,
-             "sigkill_timeout": Float, **_CONDITION},
+             "sigkill_timeout": Float, "env": Entries, **_CONDITION},
 }
 REQUIRED = {"arg": ("name",), "let": ("name", "value"), "set_env": ("name", "value"),
             "include": ("file",), "node": ("pkg", "exec", "name")}
 PARAM_FILE: dict[str, type] = {"from": Str}
 PARAM_VALUE: dict[str, type] = {"name": Str, "value": object, "type": Str}
 REMAP: dict[str, type] = {"from": Str, "to": Str}
+ENV: dict[str, type] = {"name": Str, "value": Str}
 OUTPUTS = ("screen", "log", "both")
 # Substitution name -> how many arguments it takes.
 SUBSTITUTIONS = {"var": 1, "find-pkg-share": 1, "equals": 2}
@@ -232,6 +235,8 @@ def _check_node(entity: Entity) -> None:
                                "param.value must be a scalar (or a string to substitute)")
     for item in attrs.get("remap", []):
         _check_entry(entity, item, REMAP, ("from", "to"), "remap")
+    for item in attrs.get("env", []):
+        _check_entry(entity, item, ENV, ("name", "value"), "env")
 
 
 def _check_entry(entity: Entity, item: _Map, schema: dict[str, type],
@@ -653,11 +658,16 @@ def _node(entity: Entity, configs: dict[str, str], environment: dict[str, str]) 
         where = _where(entity.path, item.line)
         remappings.append((perform(parse(item["from"], where), configs, where),
                            perform(parse(item["to"], where), configs, where)))
+    node_environment = dict(environment)
+    for item in attrs.get("env", []):
+        where = _where(entity.path, item.line)
+        node_environment[perform(parse(item["name"], where), configs, where)] = \
+            perform(parse(item["value"], where), configs, where)
     return NodeSpec(
         package=_text(entity, "pkg", configs), executable=_text(entity, "exec", configs),
         name=_text(entity, "name", configs),
         namespace=_text(entity, "namespace", configs) if "namespace" in attrs else "/",
-        parameters=parameters, remappings=remappings, environment=dict(environment),
+        parameters=parameters, remappings=remappings, environment=node_environment,
         output=attrs.get("output", "screen"),
         sigterm_timeout=attrs.get("sigterm_timeout", DEFAULT_SIGTERM_TIMEOUT_S),
         sigkill_timeout=attrs.get("sigkill_timeout", DEFAULT_SIGKILL_TIMEOUT_S),

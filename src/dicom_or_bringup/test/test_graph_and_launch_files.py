@@ -53,13 +53,48 @@ def test_or_demo_includes_every_other_launch_file():
     assert included == set(NAMES) - {"or_demo"}
 
 
-def test_every_set_env_of_the_fastdds_profile_is_conditional():
-    """An empty FASTDDS_DEFAULT_PROFILES_FILE would switch the project's profile off."""
+# set_env -> the condition that leaves the variable unset by default (an empty
+# FASTDDS_DEFAULT_PROFILES_FILE would switch the project's profile off, an empty
+# ROS_DISCOVERY_SERVER is not multicast discovery for every Fast DDS version).
+SET_ENV_CONDITIONS = {
+    "FASTDDS_DEFAULT_PROFILES_FILE": "$(equals x$(var fastdds_profile) x)",
+    "DICOM_OR_DDS_TRANSPORT": "$(equals $(var dds_transport) shm)",
+    "ROS_DISCOVERY_SERVER": "$(equals x$(var discovery_server) x)",
+}
+
+
+def test_every_set_env_is_conditional_and_every_file_has_the_transport_arguments():
     for path in LAUNCH_FILES:
-        for entity in yaml.safe_load(path.read_text())["launch"]:
+        entities = yaml.safe_load(path.read_text())["launch"]
+        names = set()
+        for entity in entities:
             if "set_env" in entity:
+                names.add(entity["set_env"]["name"])
                 assert entity["set_env"]["unless"] == \
-                    "$(equals x$(var fastdds_profile) x)", path.name
+                    SET_ENV_CONDITIONS[entity["set_env"]["name"]], path.name
+        if any("node" in entity for entity in entities):
+            assert names == set(SET_ENV_CONDITIONS), path.name
+
+
+def test_transport_and_discovery_server_reach_every_node_only_when_given():
+    nodes = graph.resolve("or_demo", {"dds_transport": "udp",
+                                      "discovery_server": "10.0.0.2:11811"})
+    assert all(n.environment["DICOM_OR_DDS_TRANSPORT"] == "udp" and
+               n.environment["ROS_DISCOVERY_SERVER"] == "10.0.0.2:11811" for n in nodes)
+    # The nodes that list the whole graph are SUPER_CLIENTs of the server.
+    assert {n.name for n in nodes if n.environment.get("ROS_SUPER_CLIENT") == "TRUE"} == \
+        {"dicom_bridge", "recorder", "or_view"}
+    assert all(set(n.environment) <= {"ROS_SUPER_CLIENT"} for n in graph.resolve("or_demo"))
+
+
+def test_host_roles_devices_on_one_host_bridge_and_recorder_on_another():
+    devices = {n.name for n in graph.resolve("or_demo", {
+        "use_bridge": "false", "use_recorder": "false", "use_view": "false"})}
+    assert devices == {"endoscope", "tracker", "patient_monitor"}
+    archive = {n.name for n in graph.resolve("or_demo", {
+        "use_endoscope": "false", "use_tracker": "false", "use_monitor": "false",
+        "use_view": "false"})}
+    assert archive == {"session_context", "dicom_bridge", "recorder"}
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -107,7 +142,8 @@ def test_parameters_get_the_types_ros2_launch_gives_them():
         "host": "127.0.0.1", "port": 4242, "ae_title": "1234", "dicomweb_port": 8080,
         "archive_dir": "recordings"}
     assert nodes["endoscope"].overrides == {
-        "source": "pattern", "width": 1920, "height": 1080, "fps": 25.0}
+        "source": "pattern", "width": 1920, "height": 1080, "fps": 25.0,
+        "video_transport": "raw"}
     assert isinstance(nodes["endoscope"].overrides["fps"], float)
     assert nodes["patient_monitor"].overrides == {"groups": ["ecg12"]}
     assert nodes["recorder"].overrides["pacs_port"] == 104
@@ -126,7 +162,8 @@ def test_bad_launch_arguments_are_named_with_file_and_line(given, message):
 
 
 def test_fastdds_profile_is_set_only_when_given():
-    assert all(not n.environment for n in graph.resolve("or_demo"))
+    assert all("FASTDDS_DEFAULT_PROFILES_FILE" not in n.environment
+               for n in graph.resolve("or_demo"))
     nodes = graph.resolve("or_demo", {"fastdds_profile": "/etc/or/profile.xml"})
     assert {n.environment["FASTDDS_DEFAULT_PROFILES_FILE"] for n in nodes} == \
         {"/etc/or/profile.xml"}

@@ -3,9 +3,13 @@
 Applied in each node's ``main()`` before ``rclpy.init`` (not only by the Makefile), so the
 same tuning holds under ``ros2 launch`` in a distro, the pip launcher and tests:
 
-* ``FASTDDS_DEFAULT_PROFILES_FILE`` -> ``config/fastdds_profile.xml`` (64 MiB shared-memory
-  segment) unless the operator set one. Fast DDS reads it when the first participant is
-  created, i.e. at node creation, so setting it here is early enough.
+* ``FASTDDS_DEFAULT_PROFILES_FILE`` -> the profile of ``DICOM_OR_DDS_TRANSPORT`` unless the
+  operator set one: ``shm`` (the default) = ``config/fastdds_profile.xml`` (64 MiB
+  shared-memory segment + UDPv4), ``udp`` = ``config/fastdds_udp_profile.xml`` (UDPv4 only,
+  large socket buffers: a graph spread over several hosts, or hosts that share /dev/shm and
+  must still talk over the network; docs/transport.md). The launch files set the variable
+  from their ``dds_transport`` argument. Fast DDS reads the profile when the first
+  participant is created, i.e. at node creation, so setting it here is early enough.
 * glibc malloc tunables, through ``mallopt`` (the ``MALLOC_*_`` environment variables are
   read only at process start): multi-MB frame buffers otherwise come from fresh ``mmap``
   pages that fault on every frame; measured 15-18 ms -> 6 ms per 1080p frame.
@@ -31,6 +35,9 @@ if TYPE_CHECKING:  # rclpy itself is imported once the process is set up
 
 ENV_FASTDDS_PROFILE = "FASTDDS_DEFAULT_PROFILES_FILE"
 ENV_NO_TUNING = "DICOM_OR_NO_TRANSPORT_TUNING"
+ENV_DDS_TRANSPORT = "DICOM_OR_DDS_TRANSPORT"
+# dds_transport choice -> the Fast DDS profile of config/ that implements it.
+TRANSPORT_PROFILES = {"shm": "fastdds_profile.xml", "udp": "fastdds_udp_profile.xml"}
 
 # mallopt parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
@@ -48,13 +55,19 @@ _applied = False
 def apply_transport_defaults() -> None:
     """Set the project's Fast DDS profile and malloc tuning once per process.
 
-    ``DICOM_OR_NO_TRANSPORT_TUNING=1`` turns both off (for comparisons in bench/).
+    ``DICOM_OR_NO_TRANSPORT_TUNING=1`` turns both off (for comparisons in bench/). An unknown
+    ``DICOM_OR_DDS_TRANSPORT`` raises :class:`DicomOrError` (a typo must not silently give
+    a host shared memory instead of the network).
     """
     global _applied
     if _applied or os.environ.get(ENV_NO_TUNING) == "1":
         return
+    transport = os.environ.get(ENV_DDS_TRANSPORT, "") or "shm"
+    if transport not in TRANSPORT_PROFILES:
+        raise DicomOrError(ENV_DDS_TRANSPORT, f"{transport!r} is not a DDS transport; "
+                           f"known: {', '.join(TRANSPORT_PROFILES)}")
     _applied = True
-    profile = config_file("fastdds_profile.xml")
+    profile = config_file(TRANSPORT_PROFILES[transport])
     if profile.is_file():
         os.environ.setdefault(ENV_FASTDDS_PROFILE, str(profile))
     libc_name = ctypes.util.find_library("c")
@@ -94,7 +107,11 @@ def run_node(factory: Callable[[], NodeT], args: list[str] | None = None) -> int
     from dicom_or_ros.diagnostics import diagnostics_for
     from dicom_or_ros.logging_bridge import install as install_logging
 
-    apply_transport_defaults()
+    try:
+        apply_transport_defaults()
+    except DicomOrError as exc:
+        print(f"[ERROR] invalid configuration: {exc}", file=sys.stderr)
+        return 1
     # A launcher that finds a node not stopping sends SIGUSR1 before SIGKILL: the node's
     # threads' stacks then land in its log, so a hang can be diagnosed, not just killed.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
