@@ -12,7 +12,10 @@ fields), so every conversion is tested in memory:
 * :func:`message_dict` - any message (RecorderStatus) as plain JSON values;
 * :class:`FrameEncoder` - the newest video frame of each stream as JPEG, with its capture
   time, in a thread of its own; frames that arrive while one is encoded replace each other
-  (a slow browser sees fewer frames, never older ones).
+  (a slow browser sees fewer frames, never older ones). An encoded stream (``VideoPacket``,
+  H.264 access units) cannot skip: every access unit is decoded in that thread
+  (:class:`~dicom_or_core.iod.packet_decoder.PacketDecoder`, from a key frame on), and only
+  the newest picture of each batch is converted and sent as JPEG.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from __future__ import annotations
 import array
 import datetime as dt
 import json
+import logging
 import re
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +35,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dicom_or_core.iod.packet_decoder import PacketDecodeError, PacketDecoder
+from dicom_or_core.model.errors import DicomOrError
 from dicom_or_core.model.pixels import frame_pixels
 
 FRAME_HEADER = struct.Struct("<I")   # length of the JSON header that precedes the JPEG
+# Access units queued for one stream before the encoder thread gives up on them (4 s at
+# 30 fps): the queue is dropped and decoding resumes at the next key frame.
+MAX_QUEUED_PACKETS = 120
+DECODER_IDLE_S = 10.0   # a stream's decoder is freed after this long without access units
+ERROR_LOG_PERIOD_S = 10.0
+_log = logging.getLogger("dicom_or_view.live")
 
 
 def time_ns(stamp: Any) -> int:
@@ -187,20 +200,41 @@ class RawFrame:
     received_ms: float
 
 
+@dataclass
+class PacketFrame:
+    """An encoded access unit as it came off the topic (a VideoPacket's fields)."""
+
+    series: str
+    fmt: str
+    key_frame: bool
+    data: Any
+    sequence: int
+    pts: int
+    capture_ns: int
+    received_ms: float
+
+
 class FrameEncoder:
     """Encodes the newest frame of each stream to JPEG in its own thread and hands
-    ``(series, message bytes)`` to ``deliver``; idle when ``wanted()`` is false (no browser)."""
+    ``(series, message bytes)`` to ``deliver``; idle when ``wanted()`` is false (no browser).
+
+    Raw frames (:meth:`offer`) replace each other; access units (:meth:`offer_packet`) are
+    queued and all decoded, in order, and the newest decoded picture is sent."""
 
     def __init__(self, deliver: Callable[[str, bytes], None], wanted: Callable[[], bool],
                  max_width: int = 960, quality: int = 80) -> None:
         self._deliver, self._wanted = deliver, wanted
         self.max_width, self.quality = max_width, quality
         self._pending: dict[str, RawFrame] = {}
+        self._packets: dict[str, list[PacketFrame]] = {}
+        self._decoders: dict[str, tuple[PacketDecoder, float]] = {}  # + last use, monotonic
+        self._logged: dict[str, float] = {}
         self._cond = threading.Condition()
         self._stop = False
         self.encoded = 0
         self.replaced = 0
         self.errors = 0
+        self.dropped_packets = 0
         self._thread = threading.Thread(target=self._run, name="or_view_jpeg", daemon=True)
         self._thread.start()
 
@@ -214,19 +248,94 @@ class FrameEncoder:
             self._pending[frame.series] = frame
             self._cond.notify()
 
+    def offer_packet(self, packet: PacketFrame) -> None:
+        """Called for every access unit; cheap (queued, no copy). A queue that grew past
+        MAX_QUEUED_PACKETS (the thread cannot keep up) is dropped: the decoder sees the
+        sequence gap and resumes at the next key frame."""
+        if not self._wanted():
+            return
+        with self._cond:
+            queue = self._packets.setdefault(packet.series, [])
+            if len(queue) >= MAX_QUEUED_PACKETS:
+                self.dropped_packets += len(queue)
+                queue.clear()
+            queue.append(packet)
+            self._cond.notify()
+
     def _run(self) -> None:
         while True:
+            packets: list[PacketFrame] = []
+            frame: RawFrame | None = None
             with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
+                while not self._pending and not self._packets and not self._stop:
+                    if not self._cond.wait(DECODER_IDLE_S):
+                        self._free_idle_decoders()
                 if self._stop:
                     return
-                series, frame = self._pending.popitem()
+                if self._packets:
+                    series, packets = self._packets.popitem()
+                else:
+                    series, frame = self._pending.popitem()
             try:
-                self._deliver(series, self.encode(frame))
-                self.encoded += 1
+                message = self.encode(frame) if frame is not None else \
+                    self.decode_and_encode(series, packets)
+                if message is not None:
+                    self._deliver(series, message)
+                    self.encoded += 1
             except Exception:   # a malformed frame: counted, the next one may be fine
                 self.errors += 1
+            self._free_idle_decoders()
+
+    def decode_and_encode(self, series: str, packets: list[PacketFrame]) -> bytes | None:
+        """Decode ``packets`` (one stream's, in order) and return the binary message of the
+        newest picture they complete, None if none (waiting for a key frame). Only that
+        picture is converted: decoding is needed for every access unit, conversion not."""
+        decoder = self._decoder(series, packets[0].fmt)
+        newest = None
+        for packet in packets:
+            try:
+                pictures = decoder.decode(packet.data, packet.key_frame, packet.sequence,
+                                          packet.pts, packet.fmt)
+            except PacketDecodeError as exc:   # the decoder waits for the next key frame
+                self.errors += 1
+                self._log_error(series, exc)
+                continue
+            if pictures:
+                newest = (pictures[-1], packet)
+        if newest is None:
+            return None
+        picture, packet = newest
+        jpeg = encode_jpeg(picture.to_ndarray("bgr8"), "bgr8", self.max_width, self.quality)
+        header = {"series": series, "seq": packet.sequence,
+                  "capture_ms": packet.capture_ns / 1e6, "received_ms": packet.received_ms,
+                  "encoded_ms": wall_ms(), "width": picture.width, "height": picture.height}
+        return frame_message(header, jpeg)
+
+    def _decoder(self, series: str, fmt: str) -> PacketDecoder:
+        entry = self._decoders.get(series)
+        if entry is None or entry[0].codec != fmt:
+            try:
+                decoder = PacketDecoder(fmt)
+            except DicomOrError as exc:   # a format this view cannot decode
+                raise PacketDecodeError(str(exc), fmt) from None
+        else:
+            decoder = entry[0]
+        self._decoders[series] = (decoder, time.monotonic())
+        return decoder
+
+    def _free_idle_decoders(self) -> None:
+        """A stream nobody watches, or one that ended, keeps no decoder (its pictures)."""
+        now = time.monotonic()
+        for series, (_, used) in list(self._decoders.items()):
+            if now - used > DECODER_IDLE_S:
+                del self._decoders[series]
+
+    def _log_error(self, series: str, exc: Exception) -> None:
+        """One warning per stream per ERROR_LOG_PERIOD_S (the count is in ``errors``)."""
+        now = time.monotonic()
+        if now - self._logged.get(series, -ERROR_LOG_PERIOD_S) >= ERROR_LOG_PERIOD_S:
+            self._logged[series] = now
+            _log.warning("video %s: %s (resuming at the next key frame)", series, exc)
 
     def encode(self, frame: RawFrame) -> bytes:
         """The binary message of ``frame``: its header (capture time, sequence, times of

@@ -36,12 +36,18 @@ from dicom_or_msgs.msg import (
     PoseSample,
     RecorderStatus,
     SessionContext,
+    VideoPacket,
     WaveformChunk,
 )
 from dicom_or_msgs.msg import StreamDescriptor as StreamDescriptorMsg
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_ros.diagnostics import NODE_ENTRY, OK, Health, diagnostics_for
-from dicom_or_ros.graph import SESSION_CONTEXT_TOPIC, descriptor_topic, discover_streams
+from dicom_or_ros.graph import (
+    SESSION_CONTEXT_TOPIC,
+    descriptor_topic,
+    discover_streams,
+    is_encoded_video,
+)
 from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
@@ -166,13 +172,18 @@ class OrViewNode(Node):
         d = stream.descriptor
         callbacks = {KIND_VIDEO: self._on_frame, KIND_POSE: self._on_pose,
                      KIND_WAVEFORM: self._on_chunk}
+        message, callback = _MESSAGES[d.kind], callbacks[d.kind]
+        fallback = _KINDS[d.kind]
+        if is_encoded_video(d.message_type):
+            # Access units (H.264), decoded in the encoder thread; none may be lost
+            # between key frames, so the fallback profile is a second deep.
+            message, callback, fallback = VideoPacket, self._on_packet, "video_recording"
         try:
-            base = named_qos(d.qos_profile or _KINDS[d.kind], d.nominal_rate_hz)
+            base = named_qos(d.qos_profile or fallback, d.nominal_rate_hz)
         except DicomOrError:   # a profile this host's QoS file lacks: the kind's own
-            base = named_qos(_KINDS[d.kind], d.nominal_rate_hz)
+            base = named_qos(fallback, d.nominal_rate_hz)
         stream.samples = self.create_subscription(
-            _MESSAGES[d.kind], topic,
-            lambda sample, s=stream, cb=callbacks[d.kind]: cb(s, sample),
+            message, topic, lambda sample, s=stream, cb=callback: cb(s, sample),
             adapt_request_to_offers(self, topic, base))
 
     def _publish_streams(self) -> None:
@@ -195,6 +206,12 @@ class OrViewNode(Node):
         self.encoder.offer(live.RawFrame(
             stream.descriptor.series_instance_uid, image.encoding, image.width, image.height,
             image.step, image.data, int(msg.context.sequence),
+            live.time_ns(msg.context.acquisition_time), live.wall_ms()))
+
+    def _on_packet(self, stream: _Stream, msg: VideoPacket) -> None:
+        self.encoder.offer_packet(live.PacketFrame(
+            stream.descriptor.series_instance_uid, msg.format, bool(msg.key_frame), msg.data,
+            int(msg.context.sequence), int(msg.pts),
             live.time_ns(msg.context.acquisition_time), live.wall_ms()))
 
     def _on_chunk(self, stream: _Stream, msg: WaveformChunk) -> None:

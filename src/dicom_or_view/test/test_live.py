@@ -138,3 +138,69 @@ def test_encoder_sends_the_newest_frame_only_and_only_when_watched():
         encoder.close()
     assert delivered[-1] == 7 and 1 not in delivered
     assert len(delivered) < 6 and encoder.replaced >= 3
+
+
+def packet_frames(first_sequence, packets, indices):
+    return [live.PacketFrame("1.2.264", "h264", packets[i].key_frame, packets[i].data,
+                             first_sequence + i, packets[i].pts,
+                             1_700_000_000_000_000_000 + i * 33_000_000, 0.0)
+            for i in indices]
+
+
+def test_h264_access_units_are_all_decoded_and_the_newest_picture_sent():
+    from dicom_or_test_common.video_packets import encode, read_barcode
+
+    packets = encode(40, 240, 320)                     # key frames at 0 and 30
+    encoder = live.FrameEncoder(lambda *_: None, lambda: True, max_width=0, quality=90)
+    try:
+        # Joined mid-GOP: nothing to show until the key frame.
+        assert encoder.decode_and_encode("1.2.264", packet_frames(0, packets,
+                                                                  range(3, 10))) is None
+        header, image = parse(encoder.decode_and_encode(
+            "1.2.264", packet_frames(0, packets, range(10, 33))))
+        # The newest picture (access unit 32), with its own sequence and capture time.
+        assert header["seq"] == 32 and header["series"] == "1.2.264"
+        assert header["capture_ms"] == 1_700_000_000_000.0 + 32 * 33.0
+        assert (header["width"], header["height"]) == (320, 240)
+        assert read_barcode(image[..., ::-1]) == 32
+        assert image[-1, -1, 2] > 200 and image[-1, -1, 0] < 60   # red right (BGR decode)
+        # Garbage is counted and skipped; the stream goes on at the next key frame.
+        bad = packet_frames(0, packets, [33])
+        bad[0].data = b"not h264"
+        assert encoder.decode_and_encode("1.2.264", bad) is None
+        assert encoder.errors == 1
+        assert encoder.decode_and_encode("1.2.264", packet_frames(0, packets,
+                                                                  range(34, 40))) is None
+    finally:
+        encoder.close()
+
+
+def test_h264_queue_is_dropped_when_the_thread_falls_behind_and_only_when_watched():
+    from dicom_or_test_common.video_packets import encode
+
+    packets = encode(2, 48, 64)
+    delivered, watched, gate = [], [False], threading.Event()
+
+    def deliver(series, message):
+        gate.wait(5)
+        delivered.append(parse(message)[0]["seq"])
+
+    encoder = live.FrameEncoder(deliver, lambda: watched[0], max_width=0)
+    try:
+        encoder.offer_packet(packet_frames(0, packets, [0])[0])   # nobody watches
+        watched[0] = True
+        encoder.offer_packet(packet_frames(100, packets, [0])[0])  # taken, delivery held
+        deadline = time.monotonic() + 5
+        while encoder._packets and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frames = [packet_frames(200 + n, packets, [1])[0] for n in
+                  range(live.MAX_QUEUED_PACKETS + 5)]
+        for frame in frames:
+            encoder.offer_packet(frame)
+        assert encoder.dropped_packets == live.MAX_QUEUED_PACKETS
+        gate.set()
+        while len(delivered) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        encoder.close()
+    assert delivered[0] == 100

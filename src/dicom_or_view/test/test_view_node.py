@@ -117,3 +117,77 @@ def test_bad_parameters_exit_1_naming_the_parameter(args, name):
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in result.stderr, lines
+
+
+def test_a_watched_h264_stream_is_decoded_and_sent_as_jpeg():
+    """A camera-side encoded stream (VideoPacket, video_codec h264) on the graph and a
+    browser on the view's WebSocket: the view subscribes while the browser watches, decodes
+    from a key frame on and sends each picture as JPEG with the sequence and capture time of
+    the access unit it came from."""
+    import asyncio
+    import threading
+
+    import aiohttp
+    import cv2
+    from dicom_or_test_common.video_packets import encode, packet_message, read_barcode
+
+    from dicom_or_msgs.msg import VideoPacket
+    from dicom_or_ros.qos import named_qos as qos
+
+    packets = encode(60, 240, 320)                      # key frames at 0 and 30
+    with ros_context() as ctx:
+        view = OrViewNode(context=ctx, parameter_overrides=[
+            Parameter("port", value=0), Parameter("discovery_period_s", value=0.1),
+            Parameter("video_max_width", value=0),
+            Parameter("dicomweb_url", value="http://127.0.0.1:9/dicom-web")])
+        source = Node("source", context=ctx)
+        d = to_msg(example_descriptor("video", example_session(), rows=240, columns=320))
+        d.message_type, d.video_codec = "dicom_or_msgs/msg/VideoPacket", "h264"
+        source.create_publisher(StreamDescriptorMsg, descriptor_topic(d.topic),
+                                qos("descriptor")).publish(d)
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        pub = source.create_publisher(VideoPacket, d.topic, QoSProfile(
+            depth=30, reliability=ReliabilityPolicy.RELIABLE))
+        sequence = [0]
+
+        def tick():
+            n = sequence[0]
+            pub.publish(packet_message(packets[n % 60], n, d.series_instance_uid,
+                                       time.time_ns()))
+            sequence[0] += 1
+
+        source.create_timer(1 / 30, tick)
+        received: list[bytes] = []
+        done = threading.Event()
+
+        async def browser():
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(view.server.url + "ws") as ws:
+                    await ws.send_str(json.dumps({"token": "", "want": ["video"]}))
+                    while len(received) < 3 and not done.is_set():
+                        message = await ws.receive(timeout=30)
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            received.append(message.data)
+
+        client = threading.Thread(target=lambda: asyncio.run(browser()), daemon=True)
+        client.start()
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(view)
+        executor.add_node(source)
+        try:
+            assert spin_until(executor, lambda: len(received) >= 3, 30), len(received)
+        finally:
+            done.set()
+            client.join(10)
+            view.close()
+            executor.shutdown()
+            view.destroy_node()
+            source.destroy_node()
+    for message in received:
+        length = live.FRAME_HEADER.unpack_from(message)[0]
+        header = json.loads(message[4:4 + length])
+        image = cv2.imdecode(np.frombuffer(message[4 + length:], np.uint8), cv2.IMREAD_COLOR)
+        assert header["series"] == d.series_instance_uid
+        assert (header["width"], header["height"]) == (320, 240) and image.shape == (240, 320, 3)
+        assert read_barcode(image[..., ::-1]) == header["seq"] % 60   # its own access unit
+        assert 0 < header["capture_ms"] <= header["encoded_ms"]       # an acquisition time
