@@ -72,10 +72,12 @@ from dicom_or_msgs.msg import (
     PoseSample,
     RecorderStatus,
     StreamDescriptor,
+    VideoPacket,
     WaveformChunk,
 )
 from dicom_or_msgs.srv import RecordControl
 from dicom_or_recorder.segments import (
+    PassthroughVideoRecorder,
     PoseRecorder,
     RecorderOptions,
     StreamRecorder,
@@ -110,14 +112,20 @@ from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
-KIND_OF_TYPE = {IMAGE_FRAME_TYPE: "video", POSE_SAMPLE_TYPE: "pose",
-                WAVEFORM_CHUNK_TYPE: "waveform"}
-MSG_OF_TYPE = {IMAGE_FRAME_TYPE: ImageFrame, POSE_SAMPLE_TYPE: PoseSample,
-               WAVEFORM_CHUNK_TYPE: WaveformChunk}
+# Compressed video (descriptor video_codec "h264"): H.264 access units, stored unchanged.
+VIDEO_PACKET_TYPE = "dicom_or_msgs/msg/VideoPacket"
+KIND_OF_TYPE = {IMAGE_FRAME_TYPE: "video", VIDEO_PACKET_TYPE: "video",
+                POSE_SAMPLE_TYPE: "pose", WAVEFORM_CHUNK_TYPE: "waveform"}
+MSG_OF_TYPE = {IMAGE_FRAME_TYPE: ImageFrame, VIDEO_PACKET_TYPE: VideoPacket,
+               POSE_SAMPLE_TYPE: PoseSample, WAVEFORM_CHUNK_TYPE: WaveformChunk}
+# The message type each video_codec is carried in (the descriptor says which to expect).
+TYPE_OF_VIDEO_CODEC = {"": IMAGE_FRAME_TYPE, "h264": VIDEO_PACKET_TYPE}
 # History and depth of the sample subscriptions (reliability and durability follow the
 # publishers): video keeps "video_recording"'s 30 frames, so a reliable driver is not
 # throttled by a 2-deep reader.
 PROFILE_OF_KIND = {"video": "video_recording", "pose": "pose", "waveform": "waveform"}
+# H.264 packets: the depth of the profile drivers publish them with (2 s at 60 fps).
+PROFILE_OF_TYPE = {VIDEO_PACKET_TYPE: "video_compressed"}
 # Samples taken per wake-up of a stream's thread before it checks for shutdown again.
 MAX_TAKEN_PER_WAKE = 1000
 # /diagnostics: a recording stream silent this long is STALE; a PACS backlog that has not
@@ -276,10 +284,20 @@ class RecorderNode(Node):
         return (kind is not None and (not self.kinds or kind in self.kinds)
                 and (not self.topics or topic.topic in self.topics))
 
+    def _stream_topics(self) -> list[StreamTopic]:
+        """The graph's stream topics, VideoPacket ones included (whether or not
+        dicom_or_ros.graph lists that type among its stream types)."""
+        found = {t.topic: t for t in discover_streams(self)}
+        for name, types in self.get_topic_names_and_types():
+            if name not in found and VIDEO_PACKET_TYPE in types and \
+                    self.count_publishers(name) > 0:
+                found[name] = StreamTopic(name, VIDEO_PACKET_TYPE)
+        return sorted(found.values(), key=lambda s: s.topic)
+
     def _discover(self) -> None:
         if self._closed:
             return
-        for topic in discover_streams(self):
+        for topic in self._stream_topics():
             if topic.topic in self._followed or not self._wanted(topic):
                 continue
             followed = _Followed(topic)
@@ -300,6 +318,12 @@ class RecorderNode(Node):
         self._keep(followed.topic.descriptor_topic, "dicom_or_msgs/msg/StreamDescriptor", msg)
         try:
             descriptor = from_msg(ctx.StreamDescriptor, msg).validate()
+            if followed.kind == "video" and followed.topic.message_type != \
+                    TYPE_OF_VIDEO_CODEC[descriptor.video_codec]:
+                raise DicomOrError("descriptor.video_codec", f"says "
+                                   f"{descriptor.video_codec or 'raw'} video, but the topic "
+                                   f"carries {followed.topic.message_type}",
+                                   descriptor.video_codec)
             if self.series_filter and descriptor.series_instance_uid not in \
                     self.series_filter:
                 return
@@ -317,7 +341,15 @@ class RecorderNode(Node):
                 recorder = recorder_for(descriptor, self.spool, self.options)
                 recorder.finaliser = self._finaliser
                 recorder.on_final = self.sender.wake
-                if isinstance(recorder, VideoRecorder):
+                if isinstance(recorder, PassthroughVideoRecorder):
+                    # Packets are small (an IDR ~1 MB at most at Level 4.2) and each one
+                    # dropped costs the rest of its second: room for 4 s of them.
+                    capacity = max(self.video_queue_frames,
+                                   round(4 * descriptor.nominal_rate_hz))
+                    followed.video_queue = VideoEncoderQueue(
+                        recorder, capacity,
+                        on_error=lambda exc, f=followed: self._refused(f, exc))
+                elif isinstance(recorder, VideoRecorder):
                     # Bounded in frames and in bytes, so memory does not grow with the
                     # frame size (a 4K frame is 24 MB) whatever the encoder's backlog.
                     frame_bytes = descriptor.rows * descriptor.columns * 3
@@ -350,8 +382,9 @@ class RecorderNode(Node):
         and frames are taken as fast as they come. (Measured: 1080p30 BEST_EFFORT through
         the process's MultiThreadedExecutor lost 44 % of the frames with encoding and 87 %
         with an empty callback; a dedicated single-threaded executor lost none.)"""
-        qos = adapt_request_to_offers(self, followed.topic.topic,
-                                      named_qos(PROFILE_OF_KIND[followed.kind]))
+        profile = PROFILE_OF_TYPE.get(followed.topic.message_type,
+                                      PROFILE_OF_KIND[followed.kind])
+        qos = adapt_request_to_offers(self, followed.topic.topic, named_qos(profile))
         name = "recorder_" + re.sub(r"[^A-Za-z0-9_]", "_", followed.topic.topic).strip("_")
         # use_global_arguments=False: the launcher's global ``__node:=recorder`` remap
         # would otherwise give every helper node the recorder's name (ROS 2 warns about
@@ -400,18 +433,7 @@ class RecorderNode(Node):
                 self._keep(followed.topic.topic, followed.topic.message_type, msg)
             try:
                 if isinstance(recorder, VideoRecorder):
-                    # Only a reference to the frame is queued: the encoder thread encodes
-                    # and journals it, this callback never waits for it.
-                    video_queue = followed.video_queue
-                    if video_queue is None:
-                        raise DicomOrError("frame", "the stream's encoder is closed")
-                    d = recorder.descriptor
-                    image = image_to_array(msg.image, d.pixel_encoding, d.columns, d.rows)
-                    stamp = time_to_ns(msg.context.acquisition_time)
-                    if followed.recording:
-                        video_queue.offer(image, stamp, msg.context.sequence)
-                    else:
-                        video_queue.note_latest(image, stamp)
+                    self._on_video(followed, recorder, msg)
                     return
                 if not followed.recording:
                     return
@@ -437,6 +459,29 @@ class RecorderNode(Node):
                 return
         if done:
             self.sender.wake()
+
+    def _on_video(self, followed: _Followed, recorder: VideoRecorder, msg: Any) -> None:
+        """Hand a video sample to its stream's worker thread (never waiting for it): a raw
+        frame to be encoded, or an H.264 access unit to be journaled as received."""
+        video_queue = followed.video_queue
+        if video_queue is None:
+            raise DicomOrError("frame", "the stream's encoder is closed")
+        stamp = time_to_ns(msg.context.acquisition_time)
+        sample: np.ndarray | bytes
+        if isinstance(recorder, PassthroughVideoRecorder):
+            sample = bytes(msg.data)
+            recorder.remember(sample, stamp)  # SNAPSHOT decodes from the newest IDR
+            if followed.recording:
+                video_queue.offer(sample, stamp, msg.context.sequence)
+            return
+        # Only a reference to the frame is queued: the encoder thread encodes and journals
+        # it, this callback never waits for it.
+        d = recorder.descriptor
+        sample = image_to_array(msg.image, d.pixel_encoding, d.columns, d.rows)
+        if followed.recording:
+            video_queue.offer(sample, stamp, msg.context.sequence)
+        else:
+            video_queue.note_latest(sample, stamp)
 
     def _keep(self, topic: str, msgtype: str, msg: Any) -> None:
         """Add a message as received to the ``mcap_output`` bag, when there is one; a

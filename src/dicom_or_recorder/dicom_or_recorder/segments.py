@@ -14,6 +14,9 @@ What is journaled per kind:
   (FFmpeg's MPEG-2 encoder holds one frame: with MPEG-2 the newest frame is acknowledged
   when the next one arrives or the segment closes).
 * video (lossless): the raw frame.
+* video (passthrough, descriptor ``video_codec`` "h264"): each H.264 access unit exactly as
+  the driver published it (:class:`PassthroughVideoRecorder`); nothing is re-encoded, so the
+  elementary stream in the instance's Pixel Data is the published bytes.
 * waveform: each chunk's int16 samples with its first sample index and time.
 * pose: visible poses in batches of up to ``POSE_BATCH_ROWS`` poses or ``POSE_BATCH_S``
   of time, one record per batch (occluded samples are counted, not recorded). A pose is
@@ -67,8 +70,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
 from pydicom.valuerep import DSfloat
@@ -82,6 +85,13 @@ from dicom_or_core.iod.codec import (
     choose_codec,
 )
 from dicom_or_core.iod.codec import EncodedPacket as _Packet
+from dicom_or_core.iod.h264 import (
+    LEVEL_IDC,
+    SpsInfo,
+    decode_last_picture,
+    inspect,
+    transfer_syntax_for,
+)
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import (
     MAX_NATIVE_PIXEL_BYTES,
@@ -182,6 +192,9 @@ class StreamRecorder:
     """Base: segment bookkeeping, sequence-gap accounting and finalisation."""
 
     kind = ""
+    # Called with a video frame's acquisition time (ns) once it is journaled; benchmarks set
+    # it (bench/video_compressed.py: capture -> journal latency). None: no cost.
+    journal_hook: ClassVar[Callable[[int], None] | None] = None
 
     def __init__(self, descriptor: ctx.StreamDescriptor, spool: Spool,
                  options: RecorderOptions) -> None:
@@ -580,6 +593,9 @@ class VideoRecorder(StreamRecorder):
         """Keep a journaled frame's stamp, and the length its Frame Time Vector entry takes
         (the increment as :func:`~dicom_or_core.iod.video.frame_timing` writes it, with its
         backslash separator)."""
+        hook = StreamRecorder.journal_hook
+        if hook is not None:
+            hook(stamp_ns)
         if self._stamps:
             offset = round((stamp_ns - self._stamps[0]) / 1e6, 3)
             previous = round((self._stamps[-1] - self._stamps[0]) / 1e6, 3)
@@ -602,6 +618,202 @@ class VideoRecorder(StreamRecorder):
         self.spool.write_instance(ds)
         self.stats.extra["snapshots"] = self.stats.extra.get("snapshots", 0) + 1
         return [str(ds.SOPInstanceUID)]
+
+
+PASSTHROUGH = "passthrough"   # journal meta "mode" of a passthrough video segment
+# A segment due to close waits for the next key frame; one that has waited this long past its
+# bounds (a stream without key frames) is closed anyway, and recording resumes at an IDR.
+KEY_FRAME_WAIT_S = 10.0
+
+
+class PassthroughVideoRecorder(VideoRecorder):
+    """VideoPacket stream (H.264 access units encoded by the driver) -> compressed video
+    instances, without re-encoding.
+
+    * Each access unit is journaled as it arrives (record: stamp, sequence, PTS, key frame,
+      the unit's bytes unchanged) and muxed into the segment's Transport Stream, so the
+      elementary stream demuxed from the instance is the concatenation of the published
+      packets, byte for byte (the live encoder writes an AUD in every unit, so FFmpeg's
+      muxer adds none).
+    * An instance starts at an IDR: a segment due to close (duration, size, Frame Time
+      Vector length) stays open until the next key frame, and closes just before it.
+    * Packets that cannot be decoded are not stored: those before the first IDR, and after
+      a sequence gap (or a refused packet) until the next IDR. They are counted as lost
+      (``lost_messages``, and ``dropped_until_key_frame``), and their time stays a gap in
+      the Frame Time Vector, as lost raw frames do.
+    * The transfer syntax follows the SPS of the segment's first IDR (High Profile Level
+      4.1 or 4.2, :func:`~dicom_or_core.iod.h264.transfer_syntax_for`); an SPS that fits
+      neither is refused (DicomOrError) with the packets that depend on it.
+    * PTS in the instance comes from the acquisition stamps (90 kHz, zero at its first
+      frame), as for the recorder's own encoder.
+    """
+
+    def __init__(self, descriptor: ctx.StreamDescriptor, spool: Spool,
+                 options: RecorderOptions) -> None:
+        if descriptor.video_codec != "h264":
+            raise DicomOrError("descriptor.video_codec", "a passthrough recorder needs "
+                               "h264 packets", descriptor.video_codec)
+        # The geometry must fit an H.264 level whatever video_mode says (no re-encoding).
+        super().__init__(descriptor, spool, replace(options, video_mode="h264"))
+        self._need_key_frame = True       # nothing decodable until an IDR
+        self._sps: SpsInfo | None = None  # the newest SPS seen
+        self._segment_level = 0           # level_idc of the open segment
+        self._gop: list[bytes] = []       # access units since the newest IDR (snapshot)
+        self._gop_stamp = 0
+        self._gop_lock = threading.Lock()
+        self.stats.extra.update(dropped_until_key_frame=0)
+
+    def check_frame(self, image: Any) -> None:
+        """Refuse a packet that is not bytes."""
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            raise DicomOrError("video_packet.data", "must be bytes", type(image).__name__)
+
+    # -- snapshot source (kept whether or not recording) ---------------------------------
+
+    def remember(self, data: bytes, stamp_ns: int) -> None:
+        """Keep an access unit for SNAPSHOT: the units since the newest IDR (at most a
+        second of packets), from the subscription, recording or not."""
+        try:
+            key = inspect(data).key_frame
+        except DicomOrError:
+            return
+        with self._gop_lock:
+            if key:
+                self._gop = [data]
+            elif self._gop:
+                self._gop.append(data)
+            self._gop_stamp = stamp_ns
+
+    def snapshot(self, frame: tuple[np.ndarray, int] | None = None) -> list[str]:
+        """Decode the packets since the newest IDR; write the newest picture as a
+        single-frame instance (``frame``, a decoded picture and its stamp, overrides)."""
+        if frame is None:
+            with self._gop_lock:
+                units, stamp = list(self._gop), self._gop_stamp
+            if not units:
+                raise DicomOrError("snapshot", "no key frame received yet",
+                                   self.descriptor.topic)
+            frame = (decode_last_picture(units, self.descriptor.pixel_encoding), stamp)
+        return super().snapshot(frame)
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _drop_undecodable(self) -> None:
+        self._need_key_frame = True
+        self.stats.lost_messages += 1
+        self._count("dropped_until_key_frame")
+
+    def feed(self, image: Any, stamp_ns: int, sequence: int,
+             dropped_before: int = 0) -> list[str]:
+        """Record one access unit (``image``: its bytes). ``dropped_before``: packets the
+        caller dropped just before it (counted there): the chain is broken, so recording
+        resumes at the next IDR."""
+        self.check_frame(image)
+        data = bytes(image)
+        unit = inspect(data)            # not Annex B: refused, nothing changes
+        previous = self._last_sequence
+        verdict = self._admit(stamp_ns, sequence, self._last_stamp, dropped_before)
+        if verdict == DROP:
+            return []
+        if previous is not None and sequence != previous + 1 or dropped_before:
+            self._need_key_frame = True  # a packet this one may depend on never came
+        if verdict == ACCEPT and stamp_ns == self._last_stamp:
+            self.stats.out_of_order += 1
+            self._need_key_frame = True
+            return []
+        if unit.sps is not None:
+            try:
+                transfer_syntax_for(unit.sps, self.descriptor.rows, self.descriptor.columns,
+                                    self.descriptor.nominal_rate_hz)
+            except DicomOrError:
+                self._need_key_frame = True  # its pictures cannot be stored unchanged
+                self._sps = None
+                raise
+            self._sps = unit.sps
+        if not unit.key_frame and self._need_key_frame:
+            self._drop_undecodable()
+            return []
+        if not self._disk_ready():
+            self._need_key_frame = True  # a unit not stored breaks the chain until an IDR
+            return []
+        done: list[str] = []
+        if self.journal is not None and self._must_close(unit.key_frame, stamp_ns, verdict):
+            done = self.close_segment(wait=False)
+        if self.journal is None:
+            if not unit.key_frame:
+                self._drop_undecodable()
+                return done
+            if self._sps is None:
+                self._drop_undecodable()
+                raise DicomOrError("video_packet.data", "a key frame without a sequence "
+                                   "parameter set (the driver must repeat SPS/PPS at every "
+                                   "IDR): its transfer syntax is unknown")
+            self._open_passthrough(stamp_ns)
+        self._need_key_frame = False
+        self._last_stamp = stamp_ns
+        pts = round((stamp_ns - self._first_ns) * PTS_HZ / 1e9)
+        self._pending.append((stamp_ns, sequence))
+        self._segment_frames += 1
+        self._journal_packet(_Packet(pts, pts, unit.key_frame, data))
+        self.stats.samples += 1
+        return done
+
+    def _must_close(self, key_frame: bool, stamp_ns: int, verdict: str) -> bool:
+        """Whether the open segment ends before this access unit: at a key frame once it is
+        due (or the SPS level changed, or the clock stepped back); without a key frame only
+        when it is overdue by KEY_FRAME_WAIT_S (then recording waits for the next IDR)."""
+        if key_frame:
+            level = self._sps.level_idc if self._sps is not None else 0
+            return (verdict == NEW_SEGMENT or self._due(stamp_ns)
+                    or self._choice_level(level) != self._choice_level(self._segment_level))
+        overdue = (verdict == NEW_SEGMENT
+                   or self._segment_full(stamp_ns - self._first_ns
+                                         - round(KEY_FRAME_WAIT_S * 1e9))
+                   or self._vector_bytes + 2 * (_DS_MAX_CHARS + 1)
+                   > FRAME_TIME_VECTOR_MAX_BYTES)
+        if overdue:
+            self._need_key_frame = True
+        return overdue
+
+    def _due(self, stamp_ns: int) -> bool:
+        """The open segment has reached a bound: it closes at this key frame. The Frame
+        Time Vector keeps room for the key-frame interval it may still have to wait."""
+        room = (round(2 * self.descriptor.nominal_rate_hz) + 2) * (_DS_MAX_CHARS + 1)
+        return (self._segment_full(stamp_ns - self._first_ns)
+                or self._vector_bytes + room > FRAME_TIME_VECTOR_MAX_BYTES)
+
+    def _choice_level(self, level_idc: int) -> str:
+        d = self.descriptor
+        return transfer_syntax_for(SpsInfo(100, 0, level_idc), d.rows, d.columns,
+                                   d.nominal_rate_hz).transfer_syntax_uid
+
+    def _open_passthrough(self, stamp_ns: int) -> None:
+        """Start a segment at a key frame: its journal (meta: the SPS level) and muxer."""
+        assert self._sps is not None
+        d = self.descriptor
+        choice = transfer_syntax_for(self._sps, d.rows, d.columns, d.nominal_rate_hz)
+        self._segment_level = LEVEL_IDC[choice.transfer_syntax_uid]
+        self._first_ns = stamp_ns
+        self._segment_frames = 0
+        self._stamps = []
+        self._vector_bytes = 0
+        journal = self._open({"first_ns": stamp_ns, "mode": PASSTHROUGH,
+                              "level_idc": self._segment_level})
+        self._muxer = TsMuxer(journal.directory / (TS_FILE + ".partial"), choice, d.rows,
+                              d.columns, d.nominal_rate_hz)
+
+    def _append_failed(self) -> None:
+        """A packet could not be journaled: later packets depend on it, so the segment ends
+        here and recording resumes at the next IDR."""
+        self._pending.clear()
+        self._need_key_frame = True
+        if self.journal is not None:
+            self.close_segment(wait=False)
+
+    def stop(self, wait: bool = True) -> list[str]:
+        """Stop recording; the next recording starts at a key frame."""
+        self._need_key_frame = True
+        return super().stop(wait)
 
 
 class WaveformRecorder(StreamRecorder):
@@ -781,7 +993,9 @@ RECORDERS: dict[int, type[StreamRecorder]] = {
 
 def recorder_for(descriptor: ctx.StreamDescriptor, spool: Spool,
                  options: RecorderOptions) -> StreamRecorder:
-    """The recorder of a stream's kind."""
+    """The recorder of a stream's kind (a video sent as H.264 packets: passthrough)."""
+    if descriptor.kind == ctx.KIND_VIDEO and descriptor.video_codec == "h264":
+        return PassthroughVideoRecorder(descriptor, spool, options)
     return RECORDERS[descriptor.kind](descriptor, spool, options)
 
 
@@ -841,8 +1055,14 @@ def _finalise_video(journal: Journal, descriptor: ctx.StreamDescriptor,
                     created: int) -> PendingInstance | None:
     """Compressed video: the segment's Transport Stream file becomes encapsulated Pixel
     Data by a file copy; muxed again from the journal first when it is not whole."""
-    choice = choose_codec(descriptor.rows, descriptor.columns, descriptor.nominal_rate_hz,
-                          journal.meta.get("mode", "auto"))
+    if journal.meta.get("mode") == PASSTHROUGH:
+        # The stream's own SPS decided the transfer syntax when the segment opened.
+        choice = transfer_syntax_for(SpsInfo(100, 0, int(journal.meta["level_idc"])),
+                                     descriptor.rows, descriptor.columns,
+                                     descriptor.nominal_rate_hz)
+    else:
+        choice = choose_codec(descriptor.rows, descriptor.columns,
+                              descriptor.nominal_rate_hz, journal.meta.get("mode", "auto"))
     ts = journal.directory / TS_FILE
     if stamps is None or not ts.is_file():
         partial = journal.directory / (TS_FILE + ".partial")

@@ -6,7 +6,9 @@ invisible to the recorder except as a sequence gap. :class:`VideoEncoderQueue` d
 two: :meth:`~VideoEncoderQueue.offer` (called by the subscription) only checks the frame's
 shape and appends it to a bounded queue; one worker thread per stream takes frames in order
 and feeds them to the stream's :class:`~dicom_or_recorder.segments.VideoRecorder`, which
-encodes and journals them.
+encodes and journals them. A compressed stream's H.264 access units take the same path to a
+:class:`~dicom_or_recorder.segments.PassthroughVideoRecorder`, which journals them unchanged
+(a packet dropped here breaks its chain: recording resumes at the next key frame).
 
 Rules:
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +63,9 @@ class VideoEncoderQueue:
         self.on_error = on_error
         self.dropped = 0        # frames dropped because the queue was full
         self.errors = 0         # frames the recorder refused in the worker
-        self.latest: tuple[np.ndarray, int] | None = None  # newest frame taken (snapshot)
+        self.latest: tuple[Any, int] | None = None  # newest frame taken (snapshot)
         # Frames (image, stamp, sequence, dropped before), or _STOP: close the segment here.
-        self._queue: deque[tuple[np.ndarray, int, int, int] | None] = deque()
+        self._queue: deque[tuple[np.ndarray | bytes, int, int, int] | None] = deque()
         self._cond = threading.Condition()
         self._busy = False              # the worker is feeding a frame
         self._closed = False
@@ -81,15 +84,17 @@ class VideoEncoderQueue:
         """Remember a frame for SNAPSHOT without recording it (recording is stopped)."""
         self.latest = (image, stamp_ns)
 
-    def offer(self, image: np.ndarray, stamp_ns: int, sequence: int) -> bool:
-        """Queue one frame for encoding; False when it was dropped (queue full, counted).
-        Raises DicomOrError for a frame whose shape is not the descriptor's."""
+    def offer(self, image: np.ndarray | bytes, stamp_ns: int, sequence: int) -> bool:
+        """Queue one frame for encoding (or, for a passthrough recorder, one H.264 access
+        unit for journaling); False when it was dropped (queue full, counted). Raises
+        DicomOrError for a frame whose shape is not the descriptor's."""
         self.recorder.check_frame(image)
         with self._cond:
             if self._closed:
                 raise DicomOrError("frame", "the stream's encoder is closed",
                                    self.recorder.descriptor.topic)
-            self.latest = (image, stamp_ns)
+            if isinstance(image, np.ndarray):
+                self.latest = (image, stamp_ns)
             if len(self._queue) >= self.capacity:
                 self.dropped += 1
                 self._dropped_pending += 1
