@@ -29,6 +29,14 @@ one channel per ROS topic and a few derived ones. Wiring only; schemas and encod
   scaled by ``video_scale``, at most ``video_max_rate_hz``, encoded on a worker thread (the
   newest frame wins; the executor never waits on an encoder) and only while a viewer is
   subscribed. An H.264 subscriber gets a keyframe first.
+* **Encoded video.** A stream encoded at the camera (``VideoPacket``, descriptor
+  ``video_codec`` h264) has its raw CDR channel like every project message (an access unit
+  is small), and its access units go to ``<topic>/h264`` as ``foxglove.CompressedVideo``
+  unchanged (format ``h264``, Annex B, one access unit per message, SPS + PPS in each key
+  frame: what that schema asks for), never decoded or re-encoded. Every access unit is
+  sent, in order; when a viewer subscribes, the channel pauses until the next key frame
+  (at most a second), so the new viewer's decoder starts at one (the SDK sends a channel's
+  messages to all its viewers alike).
 
 Health: a ``/diagnostics`` entry ``foxglove`` (URL, viewers, channels, rates sent).
 """
@@ -74,13 +82,14 @@ from dicom_or_bridge.foxglove_io import (
     ros2msg_definition,
 )
 from dicom_or_core.model.errors import DicomOrError
-from dicom_or_msgs.msg import ImageFrame, PoseSample
+from dicom_or_msgs.msg import ImageFrame, PoseSample, VideoPacket
 from dicom_or_ros.diagnostics import OK, WARN, Health, diagnostics_for
 from dicom_or_ros.graph import (
     DEVICE_STATUS_TOPIC,
     IMAGE_FRAME_TYPE,
     POSE_SAMPLE_TYPE,
     SESSION_CONTEXT_TOPIC,
+    VIDEO_PACKET_TYPE,
     discover_streams,
 )
 from dicom_or_ros.image import image_to_array
@@ -93,6 +102,7 @@ DIAGNOSTICS_ENTRY = "foxglove"
 # profile keeps its history and depth. Other types: "status".
 _BASE_PROFILE = {
     IMAGE_FRAME_TYPE: "video", POSE_SAMPLE_TYPE: "pose",
+    VIDEO_PACKET_TYPE: "video_compressed",
     "dicom_or_msgs/msg/WaveformChunk": "waveform",
     "dicom_or_msgs/msg/StreamDescriptor": "descriptor",
     "dicom_or_msgs/msg/SessionContext": "descriptor",
@@ -141,6 +151,15 @@ class _Video:
 
 
 @dataclass
+class _Packets:
+    """An encoded stream's CompressedVideo channel; ``wait_key``: skip access units until
+    the next key frame (a viewer just subscribed)."""
+
+    channel: CompressedVideoChannel
+    wait_key: bool = True
+
+
+@dataclass
 class _Forward:
     """One forwarded topic: its raw channel, subscription and derived channel."""
 
@@ -151,6 +170,7 @@ class _Forward:
     recent: deque[tuple[bytes, int]] | None = None   # latched topics: the last messages
     transforms: FrameTransformsChannel | None = None
     video: _Video | None = None
+    packets: _Packets | None = None
     count: int = 0
 
 
@@ -242,7 +262,10 @@ class FoxgloveBridge(Node):
         schema = foxglove.Schema(name=type_name, encoding="ros2msg", data=ros2msg_definition(
             type_name, installed_msg_text).encode())
         msg_type = message_class(type_name)
-        base = named_qos(_BASE_PROFILE.get(type_name, "status"))
+        try:
+            base = named_qos(_BASE_PROFILE.get(type_name, "status"))
+        except DicomOrError:   # a profile this host's QoS file lacks: a second deep
+            base = named_qos("video_recording")
         qos = adapt_request_to_offers(self, topic, base)
         raw = type_name != IMAGE_FRAME_TYPE or self.params.raw_images
         if not raw and self.params.video_format == "none":
@@ -256,7 +279,8 @@ class FoxgloveBridge(Node):
         with self._lock:
             self._forwards[topic] = forward
             for channel in (forward.channel, forward.transforms,
-                            forward.video.channel if forward.video else None):
+                            forward.video.channel if forward.video else None,
+                            forward.packets.channel if forward.packets else None):
                 if channel is not None:
                     self._by_channel[channel.id()] = forward
         forward.subscription = self.create_subscription(
@@ -279,6 +303,10 @@ class FoxgloveBridge(Node):
             forward.video = _Video(channel, make_encoder(
                 p.video_format, p.video_max_rate_hz, p.video_scale, p.jpeg_quality,
                 p.h264_bitrate_kbps), RateCap(p.video_max_rate_hz))
+        elif forward.type_name == VIDEO_PACKET_TYPE and p.video_format != "none":
+            # Already H.264: passed through whatever video_format names (no re-encoding).
+            forward.packets = _Packets(CompressedVideoChannel(
+                forward.topic + _VIDEO_SUFFIX["h264"], context=self._fox_context))
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -296,11 +324,32 @@ class FoxgloveBridge(Node):
             if transforms is not None:
                 forward.transforms.log(transforms, log_time=now)
                 self._counters.transforms += 1
+        if forward.packets is not None and forward.packets.channel.has_sinks():
+            self._pass_packet(forward.packets, data, now)
         video = forward.video
         if video is not None and video.channel.has_sinks() and video.cap.ready():
             with self._lock:
                 video.pending = data  # the worker takes the newest; an older one is dropped
                 self._lock.notify()
+
+    def _pass_packet(self, packets: _Packets, data: bytes, now: int) -> None:
+        """An access unit as foxglove.CompressedVideo, its bytes unchanged; skipped while a
+        new viewer waits for a key frame."""
+        try:
+            msg = deserialize_message(data, VideoPacket)
+        except Exception as exc:  # noqa: BLE001  (a malformed message must not stop the rest)
+            self._counters.errors += 1
+            self._counters.last_error = f"video packet: {exc}"
+            return
+        with self._lock:
+            if packets.wait_key and not msg.key_frame:
+                return
+            packets.wait_key = False
+        packets.channel.log(CompressedVideo(
+            timestamp=ros_time(msg.context.acquisition_time),
+            frame_id=msg.context.header.frame_id, data=bytes(msg.data), format=msg.format),
+            log_time=now)
+        self._counters.frames += 1
 
     def _take_pending(self) -> list[tuple[_Video, bytes, bool]]:
         """The pending frames (and whether each must be a keyframe), taken; under the lock."""
@@ -358,6 +407,8 @@ class FoxgloveBridge(Node):
                 raw.id() == channel_id else []
             if forward.video is not None and forward.video.channel.id() == channel_id:
                 forward.video.keyframe = True
+            if forward.packets is not None and forward.packets.channel.id() == channel_id:
+                forward.packets.wait_key = True
         for data, log_time in replay:
             raw.log(data, log_time=log_time)  # type: ignore[union-attr]
 

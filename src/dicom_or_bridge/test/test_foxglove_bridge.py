@@ -37,11 +37,18 @@ from dicom_or_bridge.foxglove_io import (
     ros2msg_definition,
     scaled_size,
 )
+from dicom_or_core.iod.packet_decoder import PacketDecoder
 from dicom_or_core.model import context as ctx
 from dicom_or_core.model.uid import new_uid
 from dicom_or_drivers.tracker_node import TrackerDriver
 from dicom_or_drivers.video_node import VideoDriver
-from dicom_or_msgs.msg import DeviceStatus, PoseSample, SessionContext, StreamDescriptor
+from dicom_or_msgs.msg import (
+    DeviceStatus,
+    PoseSample,
+    SessionContext,
+    StreamDescriptor,
+    VideoPacket,
+)
 from dicom_or_ros.convert import time_to_ns, to_msg
 from dicom_or_ros.graph import DEVICE_STATUS_TOPIC, SESSION_CONTEXT_TOPIC
 from dicom_or_ros.qos import named_qos
@@ -56,6 +63,9 @@ RAW_TOPICS = {SESSION_CONTEXT_TOPIC: "dicom_or_msgs/msg/SessionContext",
               POSES + "/descriptor": "dicom_or_msgs/msg/StreamDescriptor",
               FRAMES: "dicom_or_msgs/msg/ImageFrame",
               FRAMES + "/descriptor": "dicom_or_msgs/msg/StreamDescriptor"}
+ENCODED = "/or/encoded_scope/frames"   # a camera-side encoded stream (VideoPacket, h264)
+ENCODED_TOPICS = {ENCODED: "dicom_or_msgs/msg/VideoPacket",
+                  ENCODED + "/descriptor": "dicom_or_msgs/msg/StreamDescriptor"}
 
 
 # --- in memory -----------------------------------------------------------------------------
@@ -142,14 +152,22 @@ def _params(**values: object) -> list[Parameter]:
 
 
 @contextmanager
-def _graph(**bridge_params: object) -> Iterator[Graph]:
+def _graph(encoded: bool = False, **bridge_params: object) -> Iterator[Graph]:
     """Tracker (2 tools, 50 Hz), video (320x240, 10 fps) and the bridge in one process on
-    a reserved domain, spun on a thread while the test's clients talk to the bridge."""
+    a reserved domain, spun on a thread while the test's clients talk to the bridge;
+    ``encoded``: also an H.264 VideoPacket stream (320x240, 10 fps, a key frame a second)
+    on ENCODED."""
     with ros_context() as context:
         probe = rclpy.create_node("probe", context=context)
         session = _session()
         probe.create_publisher(SessionContext, SESSION_CONTEXT_TOPIC,
                                named_qos("descriptor")).publish(session)
+        if encoded:
+            from bridge_fixtures import h264_descriptor_msg, publish_packets
+            from dicom_or_test_common.video_packets import encode
+
+            publish_packets(probe, h264_descriptor_msg(topic=ENCODED), encode(20, rate_hz=10.0),
+                            rate_hz=10.0)
         poses: list[PoseSample] = []
         probe.create_subscription(PoseSample, POSES, poses.append, named_qos("pose"))
         nodes = [probe, TrackerDriver(context=context, namespace="/or", parameter_overrides=
@@ -249,11 +267,36 @@ def _check_video(client: FoxgloveClient) -> None:
     assert np.median(gaps) == pytest.approx(0.2, abs=0.05), gaps
 
 
+def _check_encoded_video(client: FoxgloveClient) -> None:
+    """The VideoPacket stream: its raw CDR channel with the ros2msg schema, and the same
+    access units, byte for byte, as CompressedVideo from a key frame on, all decodable."""
+    by_topic = {c["topic"]: c for c in client.channels.values()}
+    for topic, type_name in ENCODED_TOPICS.items():
+        assert (by_topic[topic]["encoding"], by_topic[topic]["schemaName"]) == \
+            ("cdr", type_name)
+        assert by_topic[topic]["schema"] == ros2msg_definition(type_name, installed_msg_text)
+    raw = {time_to_ns(p.context.acquisition_time): p for p in
+           (deserialize_message(m.payload, VideoPacket) for m in client.on(ENCODED))}
+    frames = [compressed_video(m.payload) for m in client.on(ENCODED + "/h264")]
+    assert {f["format"] for f in frames} == {"h264"}
+    assert raw[frames[0]["timestamp_ns"]].key_frame        # a viewer starts at a key frame
+    same = [f for f in frames if f["timestamp_ns"] in raw]
+    assert len(same) >= 10 and all(f["data"] == bytes(raw[f["timestamp_ns"]].data)
+                                   for f in same)          # passed through, not re-encoded
+    decoder = PacketDecoder()
+    pictures = [p for i, f in enumerate(frames) for p in decoder.decode(
+        f["data"], raw[f["timestamp_ns"]].key_frame if f["timestamp_ns"] in raw else
+        i == 0, i)]
+    assert len(pictures) == len(frames) and decoder.counts.errors == 0
+    assert (pictures[0].width, pictures[0].height) == (320, 240)
+
+
 def test_every_channel_reaches_a_foxglove_client() -> None:
     derived = {POSES + "/transforms": "foxglove.FrameTransforms",
-               FRAMES + "/compressed": "foxglove.CompressedImage"}
-    topics = set(RAW_TOPICS) | set(derived)
-    with _graph(raw_images=True) as graph:
+               FRAMES + "/compressed": "foxglove.CompressedImage",
+               ENCODED + "/h264": "foxglove.CompressedVideo"}
+    topics = set(RAW_TOPICS) | set(ENCODED_TOPICS) | set(derived)
+    with _graph(encoded=True, raw_images=True) as graph:
         client = FoxgloveClient(graph.bridge.url)
         try:
             assert client.protocol == "foxglove.sdk.v1"
@@ -268,7 +311,8 @@ def test_every_channel_reaches_a_foxglove_client() -> None:
             # Nothing is decoded or encoded for a channel nobody subscribed to.
             assert graph.bridge._counters.frames == graph.bridge._counters.transforms == 0
             client.subscribe(client.channel_ids(topics))
-            enough = {POSES: 60, POSES + "/transforms": 60, FRAMES + "/compressed": 6}
+            enough = {POSES: 60, POSES + "/transforms": 60, FRAMES + "/compressed": 6,
+                      ENCODED + "/h264": 15}
             assert client.wait_for(lambda c: _received_on_all(c, topics, enough), 30), \
                 {t: len(client.on(t)) for t in topics}
             assert not client.errors, client.errors
@@ -283,6 +327,7 @@ def test_every_channel_reaches_a_foxglove_client() -> None:
             assert {s.topic for s in status} >= {POSES, FRAMES}
             _check_poses(client, graph)
             _check_video(client)
+            _check_encoded_video(client)
             health = graph.bridge._health()
             assert health.values["viewers"] == 1 and health.values["messages"] > 100
             assert health.values["channels"] == len(topics)
