@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,7 +65,8 @@ class VideoEncoderQueue:
         self.errors = 0         # frames the recorder refused in the worker
         self.latest: tuple[Any, int] | None = None  # newest frame taken (snapshot)
         # Frames (image, stamp, sequence, dropped before), or _STOP: close the segment here.
-        self._queue: deque[tuple[np.ndarray | bytes, int, int, int] | None] = deque()
+        # (An image is an ndarray, or an access unit's bytes for a passthrough recorder.)
+        self._queue: deque[tuple[Any, int, int, int] | None] = deque()
         self._cond = threading.Condition()
         self._busy = False              # the worker is feeding a frame
         self._closed = False
@@ -88,7 +89,7 @@ class VideoEncoderQueue:
         """Queue one frame for encoding (or, for a passthrough recorder, one H.264 access
         unit for journaling); False when it was dropped (queue full, counted). Raises
         DicomOrError for a frame whose shape is not the descriptor's."""
-        self.recorder.check_frame(image)
+        self.recorder.check_frame(cast(Any, image))
         with self._cond:
             if self._closed:
                 raise DicomOrError("frame", "the stream's encoder is closed",

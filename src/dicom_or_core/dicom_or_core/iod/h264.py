@@ -41,7 +41,7 @@ NAL_PPS = 8
 NAL_AUD = 9
 PROFILE_HIGH = 100
 # level_idc is ten times the level number (ITU-T H.264 A.3).
-LEVEL_IDC = {MPEG4HP41: 41, MPEG4HP422D: 42}
+LEVEL_IDC: dict[str, int] = {str(MPEG4HP41): 41, str(MPEG4HP422D): 42}
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
 
 
