@@ -15,7 +15,8 @@ streams are not served (OpenIGTLink has no standard waveform message).
 * Each ``ImageFrame`` stream is an IMAGE (uint8 RGB or grey; BGR is reordered) named after
   its topic (``/or/endoscope/frames`` -> ``endoscope``), one slice, 1 mm pixels (scaled
   with ``image_scale``), timestamped with the frame's acquisition time; encoded off the
-  executor and only when a client is due for a frame (``image_max_rate_hz``).
+  executor and only when a client is due for a frame (``image_max_rate_hz``). A stream
+  encoded at the camera (``VideoPacket``) is not served (one log line says so).
 
 Health: a ``/diagnostics`` entry ``igtl_server`` (clients, rates sent, drops, refusals).
 """
@@ -41,7 +42,12 @@ from dicom_or_core.model.errors import DicomOrError
 from dicom_or_msgs.msg import ImageFrame, PoseSample
 from dicom_or_ros.convert import time_to_ns
 from dicom_or_ros.diagnostics import OK, WARN, Health, diagnostics_for
-from dicom_or_ros.graph import IMAGE_FRAME_TYPE, POSE_SAMPLE_TYPE, discover_streams
+from dicom_or_ros.graph import (
+    IMAGE_FRAME_TYPE,
+    POSE_SAMPLE_TYPE,
+    discover_streams,
+    is_encoded_video,
+)
 from dicom_or_ros.image import image_to_array
 from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos
@@ -110,6 +116,7 @@ class IgtlServerNode(Node):
         self._served: dict[str, _Stream] = {}
         self._closed = False
         self._renamed: set[str] = set()
+        self._not_served: set[str] = set()
         self._counts = {"poses": 0, "occluded": 0, "frames": 0}
         self._last_stats = (time.monotonic(), 0, 0)
         self.get_logger().info(f"OpenIGTLink server on {p.host}:{self.server.port}")
@@ -123,6 +130,10 @@ class IgtlServerNode(Node):
     def _discover(self) -> None:
         for stream in discover_streams(self):
             served = _SERVED.get(stream.message_type)
+            if is_encoded_video(stream.message_type) and stream.topic not in self._not_served:
+                self._not_served.add(stream.topic)   # said once per topic
+                self.get_logger().info(f"not serving {stream.topic}: encoded video "
+                                       "(VideoPacket) is not sent as OpenIGTLink IMAGE")
             if served is None or stream.topic in self._served or \
                     (self.params.topics and stream.topic not in self.params.topics):
                 continue

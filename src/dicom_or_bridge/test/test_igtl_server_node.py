@@ -188,3 +188,36 @@ def test_a_port_in_use_and_a_bad_parameter_are_one_error_line() -> None:
                                   capture_output=True, text=True, timeout=60)
             assert done.returncode == 1, done
             assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_encoded_video_stream_is_skipped_with_one_log_line() -> None:
+    """A VideoPacket stream (H.264 access units) is not an OpenIGTLink IMAGE source: the
+    node says so once and serves nothing for it, and keeps running."""
+    import rclpy
+    from bridge_fixtures import h264_descriptor_msg, publish_packets
+    from dicom_or_test_common.ros import ros_context, spin_until
+    from dicom_or_test_common.video_packets import encode
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from dicom_or_bridge.igtl_server_node import IgtlServerNode
+
+    with ros_context() as ctx:
+        node = IgtlServerNode(context=ctx, parameter_overrides=[
+            Parameter("port", value=0), Parameter("discovery_period_s", value=0.1)])
+        probe = rclpy.create_node("probe", context=ctx)
+        descriptor = h264_descriptor_msg()
+        publish_packets(probe, descriptor, encode(10, rate_hz=10.0), rate_hz=10.0)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        executor.add_node(probe)
+        try:
+            assert spin_until(executor, lambda: descriptor.topic in node._not_served, 20)
+            spin_until(executor, lambda: False, 0.5)   # a few more discovery periods
+            assert descriptor.topic not in node._served and node._not_served == \
+                {descriptor.topic}
+        finally:
+            node.close()
+            executor.shutdown()
+            probe.destroy_node()
+            node.destroy_node()
