@@ -11,15 +11,8 @@ import pytest
 from dicom_or_test_common.video_packets import barcode_frame, encode, read_barcode
 
 from dicom_or_core.iod.codec import psnr
-from dicom_or_core.iod.packet_decoder import (
-    NAL_IDR,
-    NAL_PPS,
-    NAL_SPS,
-    PacketDecodeError,
-    PacketDecoder,
-    decode_packets,
-    nal_unit_types,
-)
+from dicom_or_core.iod.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
+from dicom_or_core.iod.packet_decoder import PacketDecodeError, PacketDecoder, decode_packets
 from dicom_or_core.model.errors import DicomOrError
 
 ROWS, COLUMNS = 240, 320
@@ -57,8 +50,8 @@ def test_every_access_unit_gives_its_own_picture_at_once(packets):
 
 
 def test_key_frames_carry_sps_pps_and_idr(packets):
-    assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_unit_types(packets[30].data))
-    assert NAL_IDR not in nal_unit_types(packets[31].data)
+    assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(packets[30].data))
+    assert NAL_IDR not in nal_types(packets[31].data)
 
 
 def test_joining_mid_gop_skips_to_the_next_key_frame(packets):

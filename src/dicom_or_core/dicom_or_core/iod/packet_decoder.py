@@ -34,14 +34,12 @@ from typing import Any, NoReturn
 import av
 import numpy as np
 
+from dicom_or_core.iod.h264 import NAL_IDR, nal_types
 from dicom_or_core.model.errors import DicomOrError
 
 FORMATS = ("h264",)            # VideoPacket.format values this decoder reads
 OUTPUT_FORMATS = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "gray",
                   "rgb24": "rgb24", "bgr24": "bgr24", "gray": "gray"}
-NAL_IDR = 5                    # nal_unit_type of an IDR slice (ITU-T H.264 Table 7-1)
-NAL_SPS = 7
-NAL_PPS = 8
 _START = b"\x00\x00\x01"
 
 
@@ -50,17 +48,6 @@ class PacketDecodeError(DicomOrError):
 
     def __init__(self, rule: str, value: object = None) -> None:
         super().__init__("video_packet", rule, value)
-
-
-def nal_unit_types(data: bytes) -> list[int]:
-    """The nal_unit_type of every NAL unit of an Annex B access unit, in order (ITU-T
-    H.264 B.1: each NAL unit follows a 0x000001 start code, optionally 0x00000001)."""
-    types = []
-    at = data.find(_START)
-    while at >= 0 and at + 3 < len(data):
-        types.append(data[at + 3] & 0x1F)
-        at = data.find(_START, at + 3)
-    return types
 
 
 def starts_with_start_code(data: bytes) -> bool:
@@ -155,9 +142,9 @@ class PacketDecoder:
         if not starts_with_start_code(payload):
             self._fail("must be an H.264 Annex B access unit (start with 00 00 01 or "
                        "00 00 00 01)", payload[:8].hex())
-        if key_frame and NAL_IDR not in nal_unit_types(payload):
+        if key_frame and NAL_IDR not in nal_types(payload):
             self._fail("is flagged key_frame but holds no IDR slice (NAL type 5)",
-                       nal_unit_types(payload))
+                       nal_types(payload))
         if self._context is None or (key_frame and self._waiting):
             self._context = self._open()
         packet = av.Packet(payload)
