@@ -155,19 +155,13 @@ def _params(**values: object) -> list[Parameter]:
 def _graph(encoded: bool = False, **bridge_params: object) -> Iterator[Graph]:
     """Tracker (2 tools, 50 Hz), video (320x240, 10 fps) and the bridge in one process on
     a reserved domain, spun on a thread while the test's clients talk to the bridge;
-    ``encoded``: also an H.264 VideoPacket stream (320x240, 10 fps, a key frame a second)
-    on ENCODED."""
+    ``encoded``: also a video driver with ``video_transport: h264`` (VideoPackets, 320x240,
+    10 fps, a key frame a second) on ENCODED."""
     with ros_context() as context:
         probe = rclpy.create_node("probe", context=context)
         session = _session()
         probe.create_publisher(SessionContext, SESSION_CONTEXT_TOPIC,
                                named_qos("descriptor")).publish(session)
-        if encoded:
-            from bridge_fixtures import h264_descriptor_msg, publish_packets
-            from dicom_or_test_common.video_packets import encode
-
-            publish_packets(probe, h264_descriptor_msg(topic=ENCODED), encode(20, rate_hz=10.0),
-                            rate_hz=10.0)
         poses: list[PoseSample] = []
         probe.create_subscription(PoseSample, POSES, poses.append, named_qos("pose"))
         nodes = [probe, TrackerDriver(context=context, namespace="/or", parameter_overrides=
@@ -175,6 +169,12 @@ def _graph(encoded: bool = False, **bridge_params: object) -> Iterator[Graph]:
                                               marker_rate_hz=0.0)),
                  VideoDriver(context=context, namespace="/or", parameter_overrides=_params(
                      width=320, height=240, fps=10.0, publish_image_raw=False))]
+        if encoded:   # the video driver encoding at the camera, as a second endoscope
+            nodes.append(VideoDriver(
+                context=context, namespace="/or",
+                cli_args=["--ros-args", "-r", "__node:=encoded_scope"],
+                parameter_overrides=_params(width=320, height=240, fps=10.0,
+                                            publish_image_raw=False, video_transport="h264")))
         bridge = FoxgloveBridge(context=context, namespace="/or", parameter_overrides=_params(
             port=0, discovery_period_s=0.5, video_max_rate_hz=5.0, video_scale=0.5,
             **bridge_params))
