@@ -122,11 +122,16 @@ def test_not_annex_b_is_a_clear_error(data: bytes) -> None:
 
 
 def test_descriptor_video_codec_validated() -> None:
+    from dataclasses import replace
+
+    from dicom_or_test_common.examples import example_descriptor
+
     from dicom_or_core.model import context as ctx
 
     assert StreamDescriptor().video_codec == ""
-    assert "video_codec" in ctx.to_dict(StreamDescriptor(video_codec="h264"))
-    bad = ctx.from_dict(StreamDescriptor, {**ctx.to_dict(StreamDescriptor()),
-                                           "video_codec": "vp9"})
-    assert bad.video_codec == "vp9"
-    assert ctx.VIDEO_CODECS == ("", "h264")
+    video = example_descriptor("video")
+    assert replace(video, video_codec="h264").validate().video_codec == "h264"
+    assert ctx.from_dict(StreamDescriptor, ctx.to_dict(replace(video, video_codec="h264"))) \
+        .video_codec == "h264"
+    with pytest.raises(DicomOrError, match="video_codec"):
+        replace(video, video_codec="vp9").validate()
