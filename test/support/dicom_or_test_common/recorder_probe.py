@@ -75,7 +75,7 @@ def main() -> int:
                 pending = control.call_async(request)
             if pending is not None and pending.done():
                 print(json.dumps({"control": to_dict(pending.result())}), flush=True)
-                pending: Any = None
+                pending = None
     except KeyboardInterrupt:
         pass
     finally:
