@@ -68,15 +68,13 @@ def encode(count: int, rows: int = 240, columns: int = 320, rate_hz: float = 30.
 def packet_message(packet: Packet, sequence: int, series_uid: str,
                    acquisition_ns: int) -> Any:
     """A dicom_or_msgs/VideoPacket of ``packet`` (imports ROS interfaces on use)."""
-    from builtin_interfaces.msg import Time
-
     from dicom_or_msgs.msg import VideoPacket
 
     msg = VideoPacket()
     msg.context.series_instance_uid = series_uid
     msg.context.sequence = sequence
-    msg.context.acquisition_time = Time(sec=acquisition_ns // 1_000_000_000,
-                                        nanosec=acquisition_ns % 1_000_000_000)
+    msg.context.acquisition_time.sec = acquisition_ns // 1_000_000_000
+    msg.context.acquisition_time.nanosec = acquisition_ns % 1_000_000_000
     msg.format = "h264"
     msg.key_frame = packet.key_frame
     msg.pts = packet.pts
