@@ -69,7 +69,9 @@ def test_h264_transport_stored_byte_identical_and_indexed_by_orthanc(tmp_path):
             assert spin_until(executor, lambda: bool(captured) or graph.poll() is not None,
                               60), "no VideoPacket published"
             assert graph.poll() is None, graph.communicate()[0][-3000:]
-            spin_until(executor, lambda: False, RECORD_S)  # record a few seconds
+            # The recorder has subscribed (besides this test): record a few seconds.
+            assert spin_until(executor, lambda: node.count_subscribers(FRAMES) >= 2, 60)
+            spin_until(executor, lambda: False, RECORD_S)
             assert client.wait_for_service(timeout_sec=10)
             [snapshot_uid] = _call(executor, client, RecordControl.Request.SNAPSHOT) \
                 .sop_instance_uids

@@ -103,6 +103,7 @@ from dicom_or_ros.diagnostics import (
 from dicom_or_ros.graph import (
     IMAGE_FRAME_TYPE,
     POSE_SAMPLE_TYPE,
+    VIDEO_PACKET_TYPE,
     WAVEFORM_CHUNK_TYPE,
     StreamTopic,
     discover_streams,
@@ -112,8 +113,8 @@ from dicom_or_ros.params import load_parameters
 from dicom_or_ros.qos import adapt_request_to_offers, named_qos, overridable
 from dicom_or_ros.runtime import run_node
 
-# Compressed video (descriptor video_codec "h264"): H.264 access units, stored unchanged.
-VIDEO_PACKET_TYPE = "dicom_or_msgs/msg/VideoPacket"
+# Compressed video (descriptor video_codec "h264", VIDEO_PACKET_TYPE): H.264 access units,
+# stored unchanged.
 KIND_OF_TYPE = {IMAGE_FRAME_TYPE: "video", VIDEO_PACKET_TYPE: "video",
                 POSE_SAMPLE_TYPE: "pose", WAVEFORM_CHUNK_TYPE: "waveform"}
 MSG_OF_TYPE = {IMAGE_FRAME_TYPE: ImageFrame, VIDEO_PACKET_TYPE: VideoPacket,
@@ -284,20 +285,10 @@ class RecorderNode(Node):
         return (kind is not None and (not self.kinds or kind in self.kinds)
                 and (not self.topics or topic.topic in self.topics))
 
-    def _stream_topics(self) -> list[StreamTopic]:
-        """The graph's stream topics, VideoPacket ones included (whether or not
-        dicom_or_ros.graph lists that type among its stream types)."""
-        found = {t.topic: t for t in discover_streams(self)}
-        for name, types in self.get_topic_names_and_types():
-            if name not in found and VIDEO_PACKET_TYPE in types and \
-                    self.count_publishers(name) > 0:
-                found[name] = StreamTopic(name, VIDEO_PACKET_TYPE)
-        return sorted(found.values(), key=lambda s: s.topic)
-
     def _discover(self) -> None:
         if self._closed:
             return
-        for topic in self._stream_topics():
+        for topic in discover_streams(self):
             if topic.topic in self._followed or not self._wanted(topic):
                 continue
             followed = _Followed(topic)
