@@ -88,10 +88,11 @@ from dicom_or_core.iod.codec import EncodedPacket as _Packet
 from dicom_or_core.iod.h264 import (
     LEVEL_IDC,
     SpsInfo,
-    decode_last_picture,
     inspect,
+    is_idr,
     transfer_syntax_for,
 )
+from dicom_or_core.iod.packet_decoder import DecodedPicture, PacketDecoder
 from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import (
     MAX_NATIVE_PIXEL_BYTES,
@@ -693,7 +694,16 @@ class PassthroughVideoRecorder(VideoRecorder):
             if not units:
                 raise DicomOrError("snapshot", "no key frame received yet",
                                    self.descriptor.topic)
-            frame = (decode_last_picture(units, self.descriptor.pixel_encoding), stamp)
+            decoder = PacketDecoder()
+            newest: DecodedPicture | None = None  # only the GOP's last picture is converted
+            for index, unit in enumerate(units):
+                pictures = decoder.decode(unit, is_idr(unit), index)
+                if pictures:
+                    newest = pictures[-1]
+            if newest is None:
+                raise DicomOrError("snapshot", "the H.264 packets hold no picture",
+                                   self.descriptor.topic)
+            frame = (newest.to_ndarray(self.descriptor.pixel_encoding), stamp)
         return super().snapshot(frame)
 
     # -- recording ---------------------------------------------------------------------------

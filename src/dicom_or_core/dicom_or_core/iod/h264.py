@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import av
-import numpy as np
 from pydicom.uid import MPEG4HP41, MPEG4HP422D
 
 from dicom_or_core.iod.codec import CodecChoice, PacketEncoder, choose_codec
@@ -161,25 +159,3 @@ def transfer_syntax_for(sps: SpsInfo, rows: int, columns: int,
         choice = CodecChoice("h264", choice.encoder, MPEG4HP422D, "4.2",
                              choice.compression_method, choice.max_bit_rate_kbps)
     return choice
-
-
-_OUT_FORMATS = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "gray"}
-
-
-def decode_last_picture(access_units: list[bytes], pixel_encoding: str) -> np.ndarray:
-    """The picture of the last access unit, decoded from the IDR ``access_units`` start at
-    (what a snapshot of a compressed stream shows), in ``pixel_encoding`` (rgb8, bgr8,
-    mono8). DicomOrError when the units do not decode."""
-    if not access_units or not is_idr(access_units[0]):
-        raise DicomOrError("snapshot", "no key frame received yet: nothing to decode")
-    decoder = av.CodecContext.create("h264", "r")
-    pictures = []
-    try:
-        for data in access_units:
-            pictures += decoder.decode(av.Packet(data))
-        pictures += decoder.decode(None)
-    except (av.error.FFmpegError, ValueError) as exc:
-        raise DicomOrError("snapshot", f"the H.264 packets do not decode: {exc}") from exc
-    if not pictures:
-        raise DicomOrError("snapshot", "the H.264 packets hold no picture")
-    return np.ascontiguousarray(pictures[-1].to_ndarray(format=_OUT_FORMATS[pixel_encoding]))
