@@ -147,7 +147,7 @@ def frames_in(orthanc: Orthanc, host) -> dict[str, int]:
 
 @pytest.mark.parametrize("discovery", list(SCENARIOS))
 def test_or_graph_across_three_hosts(tmp_path, discovery):
-    require("findscu")
+    require("findscu", "ip", "tc")
     skip_unless_available()
     before_s, cut_s, after_s = SCENARIOS[discovery]
     with reserved_domain_id() as domain, Network() as net:
