@@ -298,3 +298,16 @@ def test_rviz_config_shows_the_demo_topics_in_the_tracker_frame():
     # the image display must not ask for RELIABLE from a BEST_EFFORT publisher
     image = next(d for d in manager["Displays"] if d["Class"].endswith("/Image"))
     assert image["Topic"]["Reliability Policy"] == "Best Effort"
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("[{name: X}]", r"node.env: 'value' is required"),
+    ("[{name: X, value: Y, if: 'true'}]", r"node.env: unknown attribute 'if'"),
+    ("X=Y", r"node.env must be a list of mappings"),
+])
+def test_a_node_env_entry_is_a_name_and_a_value(tmp_path, entry, message):
+    """launch's node ``env`` (ExecuteProcess additional_env): name/value pairs only."""
+    path = tmp_path / f"x{graph.SUFFIX}"
+    path.write_text(f"launch:\n  - node: {{pkg: a, exec: b, name: c, env: {entry}}}\n")
+    with pytest.raises(DicomOrError, match=message):
+        graph.check(path)
