@@ -30,9 +30,13 @@ Three discovery layouts, same run:
   discovery) needs.
 
 Per layout and participant count: the startup burst (from start until every participant
-sees every node, plus 3 s) and the steady state (a window after that), per participant and
-in total, and the server's own port. Reference, same run: the bridge with no participant
-for the same window (the counters' noise floor). The growth is fitted as
+sees every node, plus ``--settle`` 6 s) and the steady state (a 9 s window after that; 6 s
+with ``--quick``), per participant and in total, and the server's own port. The window is a
+multiple of the 3 s SPDP announcement period: traffic arrives in bursts once a period, and
+a 5 s window counts one or two of them (a --quick run with 5 s read 5.6 kB/s at n=16 where
+3 s slots all read 9.0 kB/s). ``--slots`` prints the window per 3 s slot.
+Reference, same run: the bridge with no participant for the same window (the counters'
+noise floor). The growth is fitted as
 bytes/s per participant = a + b·n (b > 0: total traffic grows with n²).
 """
 
@@ -307,7 +311,7 @@ def loadavg() -> str:
 
 
 def measure(switch: Switch, layout: str, n: int, window: float, profile: Path,
-            domain: int) -> Row:
+            domain: int, settle: float = 6.0, verbose: bool = False) -> Row:
     hosts = list(range(1, n + 1))   # host 0 is the discovery server's
     env = {"ROS_DOMAIN_ID": str(domain), "FASTDDS_DEFAULT_PROFILES_FILE": str(profile),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}
@@ -353,10 +357,24 @@ def measure(switch: Switch, layout: str, n: int, window: float, profile: Path,
                 index, seconds = line.split()[:2]
                 ready[int(index)] = float(seconds)
         discovered = time.monotonic() - started if len(ready) == n else float("nan")
-        time.sleep(3.0)   # the SEDP tail after the last node is seen
+        time.sleep(settle)   # the SEDP tail after the last node is seen
         mid = switch.counters()
-        time.sleep(window)
-        after = switch.counters()
+        # The window in ~3 s slots (the SPDP announcement period): a slot well above the
+        # others means discovery had not settled yet.
+        count = max(1, round(window / 3.0))
+        length = window / count
+        slots = []
+        previous, slot_end = mid, time.monotonic()
+        for _ in range(count):
+            slot_end += length
+            time.sleep(max(0.0, slot_end - time.monotonic()))
+            now = switch.counters()
+            slots.append(sum(delta(now, previous, hosts)) / length / n)
+            previous = now
+        after = previous
+        if verbose:
+            print(f"    {layout} n={n} per-participant B/s in 3 s slots: "
+                  + " ".join(f"{v:.0f}" for v in slots), flush=True)
         load = loadavg()
         for pid in pids:
             os.kill(pid, signal.SIGUSR1)
@@ -401,10 +419,15 @@ def fit_linear(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4, 8, 16 participants, 6 s")
+    parser.add_argument("--quick", action="store_true",
+                        help="4, 8, 16 participants, multicast and server, 6 s windows")
     parser.add_argument("--counts", help="participant counts, comma-separated")
     parser.add_argument("--window", type=float, help="steady-state window in seconds")
-    parser.add_argument("--layouts", default="multicast,server,super")
+    parser.add_argument("--settle", type=float, default=6.0,
+                        help="seconds after every node is seen before the steady window")
+    parser.add_argument("--slots", action="store_true",
+                        help="print the steady window's per-participant rate per ~3 s slot")
+    parser.add_argument("--layouts", help="multicast,server,super (the default)")
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("discovery_traffic: needs root (ip netns); skipped")
@@ -412,7 +435,8 @@ def main() -> int:
     counts = ([int(c) for c in options.counts.split(",")] if options.counts
               else [4, 8, 16] if options.quick else [4, 8, 16, 24])
     window = options.window or (6.0 if options.quick else 9.0)
-    layouts = options.layouts.split(",")
+    layouts = (options.layouts or ("multicast,server" if options.quick
+                                   else "multicast,server,super")).split(",")
     domain = 100 + os.getpid() % 100
     print(f"discovery_traffic: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, "
           f"uptime load {Path('/proc/loadavg').read_text().strip()}")
@@ -429,7 +453,8 @@ def main() -> int:
               f"{noise:.0f} bytes/s in total")
         for layout in layouts:
             for n in counts:
-                row = measure(switch, layout, n, window, profile, domain)
+                row = measure(switch, layout, n, window, profile, domain, options.settle,
+                              options.slots)
                 rows.append(row)
                 print(f"  {layout} n={n}: discovered {row.discovered_s:.1f} s, startup "
                       f"{row.startup_per_part / 1e3:.0f} kB/participant, steady "

@@ -7,7 +7,8 @@ installed driver runs in host 0 with the project's UDP-only transport
 (``DICOM_OR_DDS_TRANSPORT=udp`` -> config/fastdds_udp_profile.xml, so nothing goes through
 the shared memory the namespaces share), a subscriber in host 1 takes the stream raw (CDR
 bytes, no deserialisation) with the QoS the recorder uses. Per stream, over a window after
-the first sample and a warm-up:
+the first sample and a warm-up (9 s, 6 s with --quick: multiples of the 3 s discovery
+announcement period, whose bursts are part of the wire bytes):
 
 * *wire*: bytes the driver's host sent on its veth (RTPS + UDP + IP + Ethernet headers,
   fragmentation, heartbeats, discovery announcements), and bytes the subscriber's host sent
@@ -247,14 +248,14 @@ def encoder_rate(width: int, height: int, fps: float, frames: int) -> tuple[floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 s windows")
+    parser.add_argument("--quick", action="store_true", help="6 s windows")
     parser.add_argument("--seconds", type=float, help="measuring window per stream")
     parser.add_argument("--only", help="only streams whose kind contains this")
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("stream_bandwidth: needs root (ip netns); skipped")
         return 0
-    seconds = options.seconds or (4.0 if options.quick else 8.0)
+    seconds = options.seconds or (6.0 if options.quick else 9.0)
     streams = [s for s in STREAMS if not options.only or options.only in s.kind]
     domain = 100 + (os.getpid() + 50) % 100
     print(f"stream_bandwidth: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, "
