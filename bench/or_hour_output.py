@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="20 s of recording")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--video-transport", default="h264", choices=("h264", "raw"))
+    parser.add_argument("--keep", action="store_true", help="keep the recorded instances")
     parser.add_argument("--only", choices=tuple(DEVICES),
                         help="start only this device (the recorder's CPU for its streams)")
     options = parser.parse_args()
@@ -166,7 +168,11 @@ def main() -> int:
         print(f"| {key} | {len(sizes)} | {size / 1e6:.2f} | {units[key]} {unit} | "
               f"{per_unit:.1f} | {ref} | {per_hour:.0f} | {3600 / SEGMENT_S * len(sizes):.0f} |")
     print(f"| **total** | | | | | | **{total_h:.0f}** | |")
-    print(f"output kept in {output}; end load {Path('/proc/loadavg').read_text().strip()}")
+    if options.keep:
+        print(f"output kept in {output}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"end load {Path('/proc/loadavg').read_text().strip()}")
     return 0
 
 

@@ -23,8 +23,10 @@ Streams: 12-lead ECG (``waveform_driver`` group ecg12, 1 kHz, 100 ms chunks), 4 
 1 kHz (``tracker_driver``), H.264 1080p30 and 1080p60 (``video_driver``
 ``video_transport:=h264``). Raw video is width x height x 3 x fps (ImageFrame rgb8) plus the
 overhead ratio measured on the other rows; it is printed as computed, not measured.
-The synthetic pattern is far easier to compress than a real endoscope picture: the H.264
-figures are a floor, the level's maximum bit rate (ITU-T H.264 Tables A-1, A-2) the ceiling.
+With ``--quick`` (6 s) wire/payload of the H.264 rows is noisy (a --quick run read 0.98: a
+key frame can fall on either side of the window at the two ends). The synthetic pattern is
+far easier to compress than a real endoscope picture: the H.264 figures are a floor, the
+level's maximum bit rate (ITU-T H.264 Tables A-1, A-2) the ceiling.
 """
 
 from __future__ import annotations
