@@ -2,7 +2,7 @@
 """What one OR sends to the PACS per recorded hour, per stream kind (issue 15 §3).
 
     tools/with_env python bench/or_hour_output.py [--quick] [--seconds S]
-        [--video-transport h264|raw] [--only endoscope|tracker|monitor]
+        [--video-transport h264|raw] [--only endoscope|tracker|monitor] [--keep]
 
 Runs ``dicom_or_launch or_demo`` on a DDS domain of its own (endoscope 1080p30 with the
 given video transport, 4 tools at 1 kHz, 12-lead ECG at 1 kHz plus hemodynamic ART + PLETH
