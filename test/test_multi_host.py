@@ -212,7 +212,7 @@ def run_scenario(net: Network, probe: Probe, orthanc: Orthanc, tmp_path: Path,
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 0, out
         rates.append(float(out.split("messages, ")[1].split(" Hz")[0]))
-    assert rates[0] >= 0.9 * rates[1] and rates[0] >= VIDEO_FPS / 3, rates
+    assert rates[0] >= 0.85 * rates[1] and rates[0] >= VIDEO_FPS / 3, rates
 
     # Recording: every stream on B, nothing lost over the 100 Mbit/s link.
     streams = probe.wait(lambda s: len(s) >= 3 and all(
@@ -239,6 +239,9 @@ def run_scenario(net: Network, probe: Probe, orthanc: Orthanc, tmp_path: Path,
                60, "every stream taken up again after the link came back")
     time.sleep(after_s)
     streams = probe.streams()
+    print(f"\nvideo on C {rates[0]:.1f} /s (on A {rates[1]:.1f}); {crossed['a'] / 1e6:.1f} MB "
+          f"out of A before the cut; lost while cut: "
+          f"{ {t: x['lost_messages'] for t, x in streams.items()} }")
     for topic, x in streams.items():
         assert x["samples"] > before[topic], topic
         # The frames A sent while the cable was out never reached B: counted, not hidden.
