@@ -11,7 +11,8 @@ at the nominal rates of the demo OR with the recorder's own IOD builders: 12-cha
 encoder on the synthetic pattern, repeated, so the bit rate is the pattern's), then:
 
 * sends the set to a fresh Orthanc with the recorder's ``StorageSender`` (C-STORE, one
-  association, no Storage Commitment);
+  association, no Storage Commitment), and the same set built again to another Orthanc
+  (DICOMweb plugin) by STOW-RS in one request (PS3.18 10.5);
 * reference, same run: dcmtk ``storescu`` sends each file alone (one association per file)
   to another fresh Orthanc: the time per instance kind.
 
@@ -38,7 +39,7 @@ from dicom_or_core.iod.pose import ToolTrack, build_pose_sr
 from dicom_or_core.iod.video import build_video
 from dicom_or_core.iod.waveform import build_waveform
 from dicom_or_core.model.uid import new_uid
-from dicom_or_core.scu.storage import PacsConfig, StorageSender
+from dicom_or_core.scu.storage import DIMSE, STOWRS, PacsConfig, StorageSender
 from dicom_or_core.sim.video import PatternSource
 from dicom_or_core.sim.waveform import GROUPS
 
@@ -109,6 +110,23 @@ def build_set(spool: Spool, minutes: float) -> dict[str, Path]:
     return paths
 
 
+def store(folder: Path, spool: Spool, count: int, protocol: str) -> float:
+    """Seconds for the recorder's sender to store every instance of ``spool`` into a fresh
+    Orthanc (no Storage Commitment: both transports do the same work)."""
+    with Orthanc(folder, dicomweb=protocol == STOWRS) as orthanc:
+        sender = StorageSender(spool, PacsConfig(
+            ae_title="ORTHANC", port=orthanc.dicom_port, storage_commitment=False,
+            batch_size=count, protocol=protocol,
+            stow_url=f"http://127.0.0.1:{orthanc.http_port}/dicom-web"))
+        start = time.perf_counter()
+        while spool.counts()[STORED] < count:
+            sender.run_once()
+        wall = time.perf_counter() - start
+        sender.stop()
+        assert orthanc.rest("GET", "/statistics")["CountInstances"] == count
+    return wall
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1-minute segments")
@@ -130,17 +148,11 @@ def main() -> int:
         count = len(paths)
         sizes = {name: p.stat().st_size for name, p in paths.items()}
         total = sum(sizes.values())
-        with Orthanc(tmp / "orthanc_a") as orthanc:
-            sender = StorageSender(spool, PacsConfig(ae_title="ORTHANC",
-                                                     port=orthanc.dicom_port,
-                                                     storage_commitment=False,
-                                                     batch_size=count))
-            start = time.perf_counter()
-            while spool.counts()[STORED] < count:
-                sender.run_once()
-            ours = time.perf_counter() - start
-            sender.stop()
-            assert orthanc.rest("GET", "/statistics")["CountInstances"] == count
+        ours = store(tmp / "orthanc_a", spool, count, DIMSE)
+        # The same set again (new UIDs) by STOW-RS, one request, to an Orthanc with DICOMweb.
+        spool_stow = Spool(tmp / "rec_stow")
+        build_set(spool_stow, minutes)
+        stow = store(tmp / "orthanc_stow", spool_stow, count, STOWRS)
         per_kind = {}
         with Orthanc(tmp / "orthanc_b") as orthanc:
             for name, path in paths.items():
@@ -163,6 +175,8 @@ def main() -> int:
           f"{total / 1e6 / ref:.1f} |")
     print(f"| **all, dicom_or StorageSender (one association)** | {total / 1e6:.1f} | "
           f"**{ours:.2f}** | {total / 1e6 / ours:.1f} |")
+    print(f"| all, dicom_or StorageSender by STOW-RS (one request) | {total / 1e6:.1f} | "
+          f"{stow:.2f} | {total / 1e6 / stow:.1f} |")
     print()
     print(f"one OR's {minutes:g} minutes ingested in {ours:.2f} s: one Orthanc like this "
           f"keeps up with {minutes * 60 / ours:.0f} ORs recording at once (load {load})")
