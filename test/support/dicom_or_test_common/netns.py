@@ -19,8 +19,9 @@ never touched) and traffic between hosts can only cross the veths::
 * :meth:`Network.counters`: a host's ``eth0`` byte / packet counters (what crossed the
   wire, as opposed to shared memory or loopback).
 * Packet loss: the kernel here has neither netem nor tc's gact action; :meth:`Network.loss`
-  drops a share of a host's outgoing packets with nftables (``numgen random mod 100 < N``)
-  when the ``nft`` command exists, and raises :class:`NetnsUnavailable` otherwise.
+  drops a share of the frames a host sends into the switch with nftables in the switch
+  namespace (``numgen random mod 100 < N drop``) when the ``nft`` command exists, and raises
+  :class:`NetnsUnavailable` otherwise.
 * Commands run in a host through ``ip netns exec <ns> ...`` (:meth:`Host.command`,
   :meth:`Host.popen`, :meth:`Host.run`); :meth:`Host.call` runs a Python callable in a
   thread moved into the namespace with ``setns``: sockets it opens and child processes it
@@ -251,22 +252,29 @@ class Network:
                 for direction in ("rx", "tx") for key in ("bytes", "packets", "dropped")}
 
     def loss(self, name: str, percent: int) -> None:
-        """Drop ``percent`` % of host ``name``'s outgoing packets (0 removes the rule), with
-        nftables' ``numgen random mod 100 < N drop`` in the host's namespace."""
+        """Drop ``percent`` % of the frames host ``name`` sends into the switch (0 removes
+        the rule): nftables' ``numgen random mod 100 < N drop`` on the bridge's forward hook
+        in the switch namespace, so frames are lost on the wire, as on a bad cable: the
+        sender's socket never knows (an output-hook drop in the host would fail its send
+        with EPERM instead). One lost Ethernet frame loses its whole IP datagram."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss percent must be 0..100, not {percent}")
         nft = shutil.which("nft")
         if nft is None:
             raise NetnsUnavailable("packet loss needs nftables (nft); the kernel has no netem "
                                    "and no tc gact action")
-        ns = self.hosts[name].ns
-        subprocess.run([nft, "delete", "table", "inet", "dicom_or_loss"],
-                       capture_output=True, env={"PATH": os.environ.get("PATH", "")},
-                       preexec_fn=lambda: _enter_namespace(ns))
+        table = f"dicom_or_loss_{name}"
+        switch = self.switch
+        subprocess.run([nft, "delete", "table", "bridge", table], capture_output=True,
+                       preexec_fn=lambda: _enter_namespace(switch))
         if percent <= 0:
             return
-        rules = ("table inet dicom_or_loss { chain out { type filter hook output priority 0; "
-                 f"numgen random mod 100 < {int(percent)} drop; }} }}")
+        # numgen's value is 0..99: "< 100" is refused, 100 % is a plain drop.
+        share = "" if percent >= 100 else f"numgen random mod 100 < {int(percent)} "
+        rules = (f"table bridge {table} {{ chain forward {{ type filter hook forward "
+                 f"priority 0; iifname \"{self.hosts[name].port}\" {share}drop; }}; }}")
         result = subprocess.run([nft, "-f", "-"], input=rules, capture_output=True, text=True,
-                                preexec_fn=lambda: _enter_namespace(ns))
+                                preexec_fn=lambda: _enter_namespace(switch))
         if result.returncode != 0:
             raise NetnsUnavailable(f"nft refused the loss rule: {result.stderr.strip()}")
 
