@@ -251,12 +251,12 @@ class Network:
         return {f"{direction}_{key}": int(stats[direction][key])
                 for direction in ("rx", "tx") for key in ("bytes", "packets", "dropped")}
 
-    def loss(self, name: str, percent: int) -> None:
-        """Drop ``percent`` % of the frames host ``name`` sends into the switch (0 removes
-        the rule): nftables' ``numgen random mod 100 < N drop`` on the bridge's forward hook
-        in the switch namespace, so frames are lost on the wire, as on a bad cable: the
-        sender's socket never knows (an output-hook drop in the host would fail its send
-        with EPERM instead). One lost Ethernet frame loses its whole IP datagram."""
+    def loss(self, name: str, percent: float) -> None:
+        """Drop ``percent`` % (0.1 % steps) of the frames host ``name`` sends into the switch
+        (0 removes the rule): nftables' ``numgen random mod 1000 < N drop`` on the bridge's
+        forward hook in the switch namespace, so frames are lost on the wire, as on a bad
+        cable: the sender's socket never knows (an output-hook drop in the host would fail
+        its send with EPERM instead). One lost Ethernet frame loses its whole IP datagram."""
         if not 0 <= percent <= 100:
             raise ValueError(f"loss percent must be 0..100, not {percent}")
         nft = shutil.which("nft")
@@ -269,8 +269,9 @@ class Network:
                        preexec_fn=lambda: _enter_namespace(switch))
         if percent <= 0:
             return
-        # numgen's value is 0..99: "< 100" is refused, 100 % is a plain drop.
-        share = "" if percent >= 100 else f"numgen random mod 100 < {int(percent)} "
+        # Per mille, so 0.1 % can be asked for; numgen's value is 0..999 ("< 1000" is
+        # refused: 100 % is a plain drop).
+        share = "" if percent >= 100 else f"numgen random mod 1000 < {round(percent * 10)} "
         rules = (f"table bridge {table} {{ chain forward {{ type filter hook forward "
                  f"priority 0; iifname \"{self.hosts[name].port}\" {share}drop; }}; }}")
         result = subprocess.run([nft, "-f", "-"], input=rules, capture_output=True, text=True,
