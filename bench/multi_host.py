@@ -23,7 +23,8 @@ publish real-bitrate access units instead (a 4 s noisy clip encoded once by ffmp
 driver's settings: High Profile, CRF 23, an IDR per second, the level's 62.5 Mbit/s cap:
 the worst case of a 1080p camera), looped at the nominal rate from
 A as VideoPackets with the driver's QoS, to a subscriber on B: packets /s, lost (sequence
-gaps), link Mbit/s, capture->B latency.
+gaps), link Mbit/s, capture->B latency; at 1080p30 also with 0.1 % and 1 % of A's Ethernet
+frames dropped in the switch (``Network.loss``).
 
 Discovery traffic: bytes in and out of host C, which runs one idle participant and takes no
 data, over the first seconds of the whole graph (A: endoscope, tracker, monitor; B: bridge,
@@ -132,7 +133,16 @@ def publish_packets(clip: str, fps: float, seconds: float) -> int:
     return 0
 
 
-def link_case(clip: Path, fps: float, across_hosts: bool, window_s: float) -> dict:
+def qdisc_drops(ns: str, dev: str) -> int:
+    """Packets the link's tbf dropped (its queue full), from ``tc -s qdisc``."""
+    out = subprocess.run(["tc", "-s", "-n", ns, "qdisc", "show", "dev", dev],
+                         capture_output=True, text=True).stdout
+    return sum(int(part.split()[1].rstrip(",")) for part in out.split("(")[1:]
+               if part.startswith("dropped"))
+
+
+def link_case(clip: Path, fps: float, across_hosts: bool, window_s: float,
+              loss_percent: float = 0.0) -> dict:
     """Real-bitrate packets from A to a subscriber on B (or both on one host over SHM)."""
     from dicom_or_test_common.netns import Network
     from dicom_or_test_common.ros import reserved_domain_id
@@ -143,6 +153,8 @@ def link_case(clip: Path, fps: float, across_hosts: bool, window_s: float) -> di
         b = net["b"] if across_hosts else a
         env = dict(base_env(domain), DICOM_OR_DDS_TRANSPORT="udp" if across_hosts else "shm")
         warm_s = 4.0
+        if loss_percent:
+            net.loss("a", loss_percent)  # frames from A lost in the switch
         a.popen([sys.executable, str(HERE), "--publish-packets", str(clip), str(fps),
                  str(window_s + warm_s + 40)], env=env)
         probe = b.popen([sys.executable, str(HERE), "--latency-probe", str(window_s + warm_s)],
@@ -151,8 +163,11 @@ def link_case(clip: Path, fps: float, across_hosts: bool, window_s: float) -> di
         c0, t0 = net.counters("a"), time.monotonic()
         time.sleep(window_s - 2)
         c1, t1 = net.counters("a"), time.monotonic()
+        drops = qdisc_drops(a.ns, "eth0") + (qdisc_drops(net.switch, b.port)
+                                             if across_hosts else 0)
         out, _ = probe.communicate(timeout=120)
         result = json.loads(out.strip().splitlines()[-1])
+        result["qdisc_drops"] = drops
         result["link_mbit_s"] = (c1["tx_bytes"] - c0["tx_bytes"]) * 8 / (t1 - t0) / 1e6
         result["per_s"] = result["count"] / (window_s + warm_s)
         return result
@@ -372,10 +387,14 @@ def main() -> int:
                       flush=True)
         for fps in rates:
             clip = noisy_clip(Path(tmp) / f"clip{fps:g}.h264", fps)
-            for across in (True, False):
-                row = link_case(clip, fps, across, window)
+            for across, loss in ((True, 0.0), (False, 0.0), (True, 0.1), (True, 1.0)):
+                if loss and fps != rates[0]:
+                    continue
+                row = link_case(clip, fps, across, window, loss)
                 name = (f"link: h264 1080p{fps:g} noisy picture, A -> B, UDP, 100 Mbit/s"
                         if across else "reference: the same, one host, shared memory")
+                if loss:
+                    name = f"link: the same 1080p{fps:g}, {loss:g} % of A's frames lost"
                 print(f"| {name} | {row['per_s']:.1f} | {row['lost']} | "
                       f"{row['link_mbit_s']:.2f} | {row.get('p50', float('nan')):.1f} | "
                       f"{row.get('p99', float('nan')):.1f} | {os.getloadavg()[0]:.2f} |",
