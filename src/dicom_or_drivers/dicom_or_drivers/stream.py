@@ -240,6 +240,9 @@ class StreamPublisher:
         self.sequence = 0
         self.samples_published = 0
         self.publish_failures = 0  # samples DDS would not take (counted, never fatal)
+        # The driver's own counters, shown in the stream's /diagnostics entry (e.g. frames
+        # the H.264 encoder could not take, frame ticks the source missed).
+        self.counters: dict[str, int] = {}
         self.state = STARTING
         self.message = "waiting for the session context" \
             if session.session is None else "starting"
@@ -395,7 +398,7 @@ class StreamPublisher:
                       "dropped": self.publish_failures,
                       "series_instance_uid": self.descriptor.series_instance_uid
                       if self.descriptor else "",
-                      "stream_uuid": self.stream_uuid}
+                      "stream_uuid": self.stream_uuid, **self.counters}
             return Health(level_of_state(self.state),
                           f"{STATE_NAMES.get(self.state, self.state)}: {self.message}", values)
 

@@ -103,6 +103,9 @@ class VideoDriver(Node):
         # h264 transport: captured (pixels, acquisition ns) for the encoder thread.
         self.frames_captured = 0
         self.frames_dropped_encoder = 0
+        self.stream.counters["frames_skipped"] = 0
+        if self.h264:
+            self.stream.counters["frames_dropped_encoder"] = 0
         self.packets_encoded = 0
         self.encode_errors = 0
         self._encode_queue: deque[tuple[Any, int]] = deque()
@@ -136,6 +139,7 @@ class VideoDriver(Node):
                         self.backoff.reset()  # only a delivered frame proves the source
                     if skipped_before + pacer.skipped > self.frames_skipped:
                         self.frames_skipped = skipped_before + pacer.skipped
+                        self.stream.counters["frames_skipped"] = self.frames_skipped
                         log.warning(f"{self.stream.topic}: {self.frames_skipped} frame ticks "
                                     f"skipped so far: the source cannot keep {self.fps:g} fps",
                                     throttle_duration_sec=5.0)
@@ -216,6 +220,7 @@ class VideoDriver(Node):
         with self._encode_cond:
             if len(self._encode_queue) >= ENCODER_QUEUE_FRAMES:
                 self.frames_dropped_encoder += 1
+                self.stream.counters["frames_dropped_encoder"] = self.frames_dropped_encoder
                 self.get_logger().warning(
                     f"{self.stream.topic}: the H.264 encoder cannot keep {self.fps:g} fps: "
                     f"{self.frames_dropped_encoder} frames dropped before encoding so far",

@@ -83,6 +83,9 @@ def test_header_stamps_follow_sim_time_and_health_follows_the_state():
             values = {kv.key: kv.value for kv in live.values}
             assert values["state"] == "LIVE" and values["published"] == "1"
             assert values["dropped"] == "0" and values["nominal_rate_hz"] == "50"
+            stream.counters["frames_dropped_encoder"] = 3   # a driver's own counter
+            values = {kv.key: kv.value for kv in entry().values}
+            assert values["frames_dropped_encoder"] == "3"
             stream.set_state(STALE, "deadline missed")
             assert status_level(entry()) == DIAG_STALE
             stream.set_state(SOURCE_LOST, "cable pulled")
