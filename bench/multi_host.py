@@ -269,9 +269,13 @@ def noisy_clip(path: Path, fps: float) -> Path:
     return path
 
 
+DEVICES_BESIDE = ["tracker_rate:=1000.0", "tracker_tools:=4", "monitor_groups:=[ecg12]"]
+
+
 def video_case(fps: float, across_hosts: bool, window_s: float, workdir: Path,
-               source: str = "pattern") -> dict:
-    """One row: A's compressed video recorded on B (or both on one host over SHM)."""
+               source: str = "pattern", beside: bool = False) -> dict:
+    """One row: A's compressed video recorded on B (or both on one host over SHM);
+    ``beside``: with A's tracker (4 tools at 1 kHz) and 12-lead ECG recorded too."""
     from dicom_or_test_common.netns import Network
     from dicom_or_test_common.ros import reserved_domain_id
 
@@ -287,7 +291,9 @@ def video_case(fps: float, across_hosts: bool, window_s: float, workdir: Path,
                          "use_tracker:=false", "use_monitor:=false", "dicomweb_port:=-1",
                          f"output_dir:={workdir / 'recordings'}", f"bridge_host:={b.address}")
         devices = launch(a, env, workdir / "a.log", *common, "use_bridge:=false",
-                         "use_recorder:=false", "use_tracker:=false", "use_monitor:=false",
+                         "use_recorder:=false",
+                         *(DEVICES_BESIDE if beside else
+                           ["use_tracker:=false", "use_monitor:=false"]),
                          "video_transport:=h264", "video_width:=1920", "video_height:=1080",
                          f"video_fps:={fps}", f"video_source:={source}")
         status = Status(b.popen([sys.executable, "-m", "dicom_or_test_common.recorder_probe"],
@@ -297,6 +303,7 @@ def video_case(fps: float, across_hosts: bool, window_s: float, workdir: Path,
             status.wait_recording(120)
             time.sleep(3.0)  # warm-up: the first key frame, the encoder's pace
             v0, c0, t0 = status.video(), net.counters("a"), time.monotonic()
+            others0 = dict(status.last)
             time.sleep(window_s)
             v1, c1, t1 = status.video(), net.counters("a"), time.monotonic()
             probe = b.popen([sys.executable, str(HERE), "--latency-probe",
@@ -305,14 +312,19 @@ def video_case(fps: float, across_hosts: bool, window_s: float, workdir: Path,
             out, _ = probe.communicate(timeout=120)
             latency = json.loads(out.strip().splitlines()[-1])
             v2 = status.video()
+            others2, t2 = dict(status.last), time.monotonic()
         finally:
             stop([devices, archive])
         seconds = t1 - t0
+        others = {topic: {"lost": gaps(s) - gaps(others0.get(topic, s)),
+                          "samples_per_s": (s["samples"] - others0.get(topic, s)["samples"])
+                          / (t2 - t0)}
+                  for topic, s in others2.items() if topic != VIDEO_TOPIC}
         return {"recorded_per_s": (v1["samples"] - v0["samples"]) / seconds,
                 "lost": gaps(v2) - gaps(v0),
                 "link_mbit_s": (c1["tx_bytes"] - c0["tx_bytes"]) * 8 / seconds / 1e6,
                 "bytes_per_s": (c1["tx_bytes"] - c0["tx_bytes"]) / seconds,
-                "latency": latency}
+                "latency": latency, "others": others}
 
 
 def discovery_case(server: bool, seconds: float, workdir: Path) -> dict:
@@ -352,6 +364,8 @@ def discovery_case(server: bool, seconds: float, workdir: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows, 1080p30 only")
+    parser.add_argument("--beside-only", action="store_true",
+                        help="only the rows with 4 tools at 1 kHz and ECG12 beside the video")
     parser.add_argument("--latency-probe", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--idle-participant", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--publish-packets", nargs=3, help=argparse.SUPPRESS)
@@ -373,6 +387,20 @@ def main() -> int:
           "| p99 ms | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_multi_host_") as tmp:
+        for fps in rates:
+            work = Path(tmp) / f"{fps:g}-beside"
+            work.mkdir()
+            row = video_case(fps, True, window, work, beside=True)
+            lat, others = row["latency"], row["others"]
+            beside = ", ".join(f"{t.rsplit('/', 1)[-1]} {o['samples_per_s']:.0f}/s "
+                               f"lost {o['lost']}" for t, o in sorted(others.items()))
+            print(f"| recorder: driver h264 1080p{fps:g} (pattern) + 4 tools at 1 kHz + "
+                  f"ECG12 beside it ({beside}), A -> B, UDP, 100 Mbit/s | "
+                  f"{row['recorded_per_s']:.1f} | {row['lost']} | {row['link_mbit_s']:.2f} | "
+                  f"{lat.get('p50', float('nan')):.1f} | {lat.get('p99', float('nan')):.1f} | "
+                  f"{os.getloadavg()[0]:.2f} |", flush=True)
+        if options.beside_only:
+            return 0
         for fps in rates:
             for across in (True, False):
                 work = Path(tmp) / f"{fps:g}-{across}"
