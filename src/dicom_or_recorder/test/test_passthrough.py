@@ -15,12 +15,15 @@ import av
 import numpy as np
 import pydicom
 import pytest
+from dicom_or_test_common import bags
 from dicom_or_test_common.examples import example_descriptor, now_ns, synthetic_rgb
 from dicom_or_test_common.peers import dciodvfy, have
 from pydicom.encaps import generate_fragments
 from pydicom.uid import MPEG4HP41
 
 from dicom_or_core.archive.spool import FINAL, Spool
+from dicom_or_core.bags.reader import Bag
+from dicom_or_core.bags.to_dicom import ConvertOptions, convert_bag
 from dicom_or_core.iod.codec import PTS_HZ, EncodedPacket
 from dicom_or_core.iod.h264 import is_idr, live_encoder
 from dicom_or_core.iod.video import frame_offsets_ms
@@ -197,3 +200,31 @@ def test_queue_worker_feeds_packets(tmp_path, packets):
     queue.close()
     [ds] = _instances(spool, [uid])
     assert _es(ds) == b"".join(p.data for p in packets[:12])
+
+
+def test_a_bag_of_video_packets_converts_to_the_same_unchanged_stream(tmp_path, packets):
+    """dicom_or_convert of a bag holding a VideoPacket stream (e.g. the recorder's own
+    mcap_output of an h264 camera): the access units go through the same passthrough
+    recorder, so the instance holds them unchanged; without its descriptor the topic is
+    refused by name (geometry, rate and level are the camera's)."""
+    d, t0 = _descriptor(), now_ns()
+    messages = [bags.descriptor_message(d, t0)] + [
+        bags.video_packet(d, t0 + i * PERIOD, i, p.data, p.keyframe, p.pts)
+        for i, p in enumerate(packets)]
+    path = bags.write_bag(tmp_path / "h264", messages)
+    with Bag(path, bags.MSG_DIRS) as bag:
+        report = convert_bag(bag, tmp_path / "out", lambda desc, spool: recorder_for(
+            desc, spool, RecorderOptions(max_segment_s=60.0)))
+    topic = report.topics[d.topic]
+    assert (topic.samples, topic.refused, topic.instances) == (len(packets), 0, 1)
+    (file,) = sorted((tmp_path / "out").rglob("*.dcm"))
+    ds = pydicom.dcmread(file)
+    assert ds.file_meta.TransferSyntaxUID == MPEG4HP41
+    assert int(ds.NumberOfFrames) == len(packets)
+    assert _es(ds) == b"".join(p.data for p in packets)
+    bare = bags.write_bag(tmp_path / "bare", messages[1:])
+    with Bag(bare, bags.MSG_DIRS) as bag, \
+            pytest.raises(DicomOrError, match="H.264 stream needs its descriptor"):
+        convert_bag(bag, tmp_path / "out2", lambda desc, spool: recorder_for(
+            desc, spool, RecorderOptions()),
+            ConvertOptions(streams={d.topic: {"modality": "ES"}}))  # a YAML cannot say it

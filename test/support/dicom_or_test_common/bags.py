@@ -128,6 +128,14 @@ def image_frame(d: ctx.StreamDescriptor, ns: int, sequence: int, pixels: np.ndar
             {"context": _context(d, ns, sequence), "image": img})
 
 
+def video_packet(d: ctx.StreamDescriptor, ns: int, sequence: int, data: bytes,
+                 key_frame: bool, pts: int) -> Message:
+    """A dicom_or_msgs/VideoPacket (one H.264 access unit) of the stream ``d``."""
+    return (d.topic, "dicom_or_msgs/msg/VideoPacket", ns, {
+        "context": _context(d, ns, sequence), "format": d.video_codec,
+        "key_frame": key_frame, "pts": pts, "data": np.frombuffer(data, np.uint8)})
+
+
 def waveform_chunk(d: ctx.StreamDescriptor, ns: int, sequence: int, first_index: int,
                    samples: np.ndarray) -> Message:
     """A dicom_or_msgs/WaveformChunk of (n, channels) int16 samples."""

@@ -2,11 +2,12 @@
 
 Two kinds of topics are converted:
 
-* **the project's own streams** (``dicom_or_msgs/msg/ImageFrame``, ``WaveformChunk``,
-  ``PoseSample``): their descriptor is the one latched on ``<topic>/descriptor`` in the same
-  bag (a new descriptor with a new Series mid-bag starts a new Series, as live); samples go
-  to the Series their ``context.series_instance_uid`` names, with their own acquisition
-  times and sequence numbers;
+* **the project's own streams** (``dicom_or_msgs/msg/ImageFrame``, ``VideoPacket``,
+  ``WaveformChunk``, ``PoseSample``): their descriptor is the one latched on
+  ``<topic>/descriptor`` in the same bag (a new descriptor with a new Series mid-bag starts
+  a new Series, as live); samples go to the Series their ``context.series_instance_uid``
+  names, with their own acquisition times and sequence numbers (H.264 access units
+  unchanged, as the recorder stores them);
 * **plain topics**: ``sensor_msgs/msg/Image`` and ``CompressedImage`` (video),
   ``geometry_msgs/msg/PoseStamped`` (one tracked tool per topic) and waveform arrays
   (``std_msgs/msg/Float32MultiArray`` / ``Float64MultiArray`` in physical units,
@@ -48,12 +49,13 @@ from dicom_or_core.model.uid import new_stream_uuid, new_uid
 SESSION_CONTEXT_TOPIC = "/or/session_context"
 DESCRIPTOR_SUFFIX = "/descriptor"
 IMAGE_FRAME = "dicom_or_msgs/msg/ImageFrame"
+VIDEO_PACKET = "dicom_or_msgs/msg/VideoPacket"
 WAVEFORM_CHUNK = "dicom_or_msgs/msg/WaveformChunk"
 POSE_SAMPLE = "dicom_or_msgs/msg/PoseSample"
 STREAM_DESCRIPTOR = "dicom_or_msgs/msg/StreamDescriptor"
 SESSION_CONTEXT = "dicom_or_msgs/msg/SessionContext"
-PROJECT_KINDS = {IMAGE_FRAME: ctx.KIND_VIDEO, WAVEFORM_CHUNK: ctx.KIND_WAVEFORM,
-                 POSE_SAMPLE: ctx.KIND_POSE}
+PROJECT_KINDS = {IMAGE_FRAME: ctx.KIND_VIDEO, VIDEO_PACKET: ctx.KIND_VIDEO,
+                 WAVEFORM_CHUNK: ctx.KIND_WAVEFORM, POSE_SAMPLE: ctx.KIND_POSE}
 PLAIN_KINDS = {
     "sensor_msgs/msg/Image": ctx.KIND_VIDEO,
     "sensor_msgs/msg/CompressedImage": ctx.KIND_VIDEO,
@@ -179,6 +181,14 @@ class ProjectTopic(TopicPlan):
                 return None  # no descriptor for this Series in the bag: counted by the caller
             self.descriptors[key] = self.fallback.describe(msg, key)
         acquired = stamp_ns(c.acquisition_time)
+        if self.msgtype == VIDEO_PACKET:
+            if self.descriptors[key].video_codec != msg.format:
+                raise DicomOrError("video_packet.format", "must be the descriptor's "
+                                   f"video_codec ({self.descriptors[key].video_codec!r})",
+                                   msg.format)
+            # The access unit's bytes, as the recorder node passes them (it parses the unit
+            # itself: key frame, SPS, level).
+            return Sample(key, (bytes(msg.data), acquired, int(c.sequence)))
         if self.kind == ctx.KIND_VIDEO:
             d = self.descriptors[key]
             image = msg.image

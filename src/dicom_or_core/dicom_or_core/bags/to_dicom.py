@@ -34,6 +34,7 @@ from dicom_or_core.bags.plan import (
     SESSION_CONTEXT,
     SESSION_CONTEXT_TOPIC,
     STREAM_DESCRIPTOR,
+    VIDEO_PACKET,
     PlainTopic,
     ProjectTopic,
     Sample,
@@ -171,6 +172,9 @@ def make_plans(bag: Bag, options: ConvertOptions) -> dict[str, TopicPlan]:
             raise DicomOrError("topic", f"has no descriptor latched on {plan.topic}"
                                f"{DESCRIPTOR_SUFFIX} in the bag nor in the stream YAML",
                                plan.topic)
+        if plan.msgtype == VIDEO_PACKET:  # geometry, rate and level come from the camera
+            raise DicomOrError("topic", f"an H.264 stream needs its descriptor latched on "
+                               f"{plan.topic}{DESCRIPTOR_SUFFIX} in the bag", plan.topic)
         plan.fallback = PlainTopic(plan.topic, plan.msgtype, plan.kind,
                                    options.streams[plan.topic], session,
                                    estimate_rate(bag.log_times(plan.topic,
