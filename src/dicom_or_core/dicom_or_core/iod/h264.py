@@ -80,6 +80,11 @@ def nal_units(data: bytes) -> Iterator[tuple[int, int, int]]:
             yield data[start] & 0x1F, start, end
 
 
+def starts_with_start_code(data: bytes) -> bool:
+    """Whether ``data`` begins with an Annex B start code (3 or 4 bytes)."""
+    return data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")
+
+
 def nal_types(data: bytes) -> list[int]:
     """The NAL unit types of an access unit, in order."""
     return [t for t, _, _ in nal_units(data)]
@@ -130,16 +135,18 @@ class AccessUnit:
 
 def inspect(data: bytes) -> AccessUnit:
     """Parse an access unit: refuse one that is not an Annex B byte stream (DicomOrError)."""
-    if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
+    if not starts_with_start_code(data):
         raise DicomOrError("video_packet.data", "is not an H.264 Annex B access unit (no "
                            "start code)", data[:4].hex())
-    types = nal_types(data)
-    if not types:
+    key_frame, sps, any_unit = False, None, False
+    for nal_type, start, end in nal_units(data):   # one pass over the unit
+        any_unit = True
+        key_frame = key_frame or nal_type == NAL_IDR
+        if nal_type == NAL_SPS and sps is None:
+            sps = parse_sps(data[start:end])
+    if not any_unit:
         raise DicomOrError("video_packet.data", "holds no NAL unit")
-    sps = None
-    if NAL_SPS in types:
-        sps = find_sps(data)
-    return AccessUnit(NAL_IDR in types, sps)
+    return AccessUnit(key_frame, sps)
 
 
 def transfer_syntax_for(sps: SpsInfo, rows: int, columns: int,

@@ -34,13 +34,12 @@ from typing import Any, NoReturn
 import av
 import numpy as np
 
-from dicom_or_core.iod.h264 import NAL_IDR, nal_types
+from dicom_or_core.iod.h264 import NAL_IDR, nal_types, starts_with_start_code
 from dicom_or_core.model.errors import DicomOrError
 
 FORMATS = ("h264",)            # VideoPacket.format values this decoder reads
 OUTPUT_FORMATS = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "gray",
                   "rgb24": "rgb24", "bgr24": "bgr24", "gray": "gray"}
-_START = b"\x00\x00\x01"
 
 
 class PacketDecodeError(DicomOrError):
@@ -48,11 +47,6 @@ class PacketDecodeError(DicomOrError):
 
     def __init__(self, rule: str, value: object = None) -> None:
         super().__init__("video_packet", rule, value)
-
-
-def starts_with_start_code(data: bytes) -> bool:
-    """Whether ``data`` begins with an Annex B start code (3 or 4 bytes)."""
-    return data.startswith(_START) or data.startswith(b"\x00" + _START)
 
 
 @dataclass(frozen=True)
